@@ -1,0 +1,76 @@
+"""The ``workbench`` command."""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import sys
+from collections.abc import Sequence
+
+from workbench.models import list_models, model_info
+from workbench.models.complexity import build_on_meta, count_gmacs, count_params
+
+
+def _diff(ours: float, paper: float | None) -> str:
+    return "" if paper is None else f"{(ours / paper - 1) * 100:+.2f}%"
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def models_table(pattern: str = "*") -> str:
+    """Every registered model matching ``pattern``: measured parameters and GFLOPs beside the paper's."""
+    names = [name for name in list_models() if fnmatch.fnmatch(name, pattern)]
+    if not names:
+        raise ValueError(f"no registered model matches {pattern!r}; models are: {', '.join(list_models())}")
+    header = ("model", "params M", "paper", "diff", "GFLOPs", "paper", "diff", "counted at", "GFLOPs at")
+    rows, notes = [], {}
+    for name in names:
+        info = model_info(name)
+        paper = info.paper
+        count_classes, count_size = paper.params_setting or (paper.num_classes, paper.input_size)
+        params = count_params(build_on_meta(name, num_classes=count_classes, img_size=count_size)) / 1e6
+        model = build_on_meta(name, num_classes=paper.num_classes, img_size=paper.input_size)
+        gflops = count_gmacs(model, paper.input_size)
+        if paper.note:
+            notes.setdefault(paper.note, len(notes) + 1)
+        mark = f" [{notes[paper.note]}]" if paper.note else ""
+        rows.append(
+            (
+                name + mark,
+                f"{params:.2f}",
+                _fmt(paper.params_m),
+                _diff(params, paper.params_m),
+                f"{gflops:.1f}",
+                _fmt(paper.gflops),
+                _diff(gflops, paper.gflops),
+                f"{count_classes} cls, {count_size}px",
+                f"{paper.num_classes} cls, {paper.input_size}px",
+            )
+        )
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
+    lines = [
+        "  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True))
+        for row in [header, *rows]
+    ]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    lines.append("")
+    lines.append("params: learnable parameters. GFLOPs: multiply-adds (10^9) of one forward pass, eval mode.")
+    lines += [f"[{number}] {note}" for note, number in notes.items()]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="workbench", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    models = commands.add_parser("models", help="table of every registered model against its paper")
+    models.add_argument("pattern", nargs="?", default="*", help="glob on model names, e.g. 'setr_*_base'")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "models":
+            print(models_table(args.pattern))
+    except ValueError as error:
+        print(f"workbench: {error}", file=sys.stderr)
+        return 2
+    return 0

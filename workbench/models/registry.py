@@ -1,0 +1,97 @@
+"""One registry for every model of the workbench, on top of timm's.
+
+Each variant is a function named after the model, decorated with ``@register(...)``. The decorator
+registers it with timm (so ``timm.create_model(name)`` works once ``workbench`` is imported) and
+records what the workbench needs besides: the family, the task, and the paper's setting and figures
+that ``workbench models`` compares against.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from timm.models import register_model
+from torch import nn
+
+# Keyword arguments timm.create_model passes to every entry point; ours take no pretrained config.
+_TIMM_FACTORY_KWARGS = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir")
+
+
+@dataclass(frozen=True)
+class PaperFigures:
+    """The setting a paper measured a model in and what it reported (None where it reported nothing)."""
+
+    source: str
+    input_size: int
+    num_classes: int
+    params_m: float | None = None
+    gflops: float | None = None
+    # (num_classes, input_size) the parameter count was taken at, where it differs from the above.
+    params_setting: tuple[int, int] | None = None
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    family: str
+    task: str  # "segmentation" or "classification"
+    paper: PaperFigures
+    entrypoint: Callable[..., nn.Module]
+
+
+_MODELS: dict[str, ModelInfo] = {}
+
+
+def register(*, family: str, task: str, paper: PaperFigures) -> Callable:
+    """Register a variant's entry point with timm and with the workbench."""
+
+    def decorate(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        _MODELS[fn.__name__] = ModelInfo(fn.__name__, family, task, paper, fn)
+        return register_model(fn)
+
+    return decorate
+
+
+def drop_timm_factory_kwargs(pretrained: bool, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Remove what timm.create_model adds to every call; refuse pretrained=True with a pointer."""
+    if pretrained:
+        raise ValueError(
+            "pretrained=True is not supported: build the model with pretrained=False and load "
+            "released weights into it explicitly"
+        )
+    return {k: v for k, v in kwargs.items() if k not in _TIMM_FACTORY_KWARGS}
+
+
+def list_models(task: str | None = None, family: str | None = None) -> list[str]:
+    """Names of the registered models, in registration order, optionally filtered."""
+    return [
+        info.name
+        for info in _MODELS.values()
+        if (task is None or info.task == task) and (family is None or info.family == family)
+    ]
+
+
+def model_info(name: str) -> ModelInfo:
+    """The registry entry of ``name``; a ValueError that suggests close names if it is unknown."""
+    if name not in _MODELS:
+        close = difflib.get_close_matches(name, _MODELS, n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(f"unknown model {name!r}.{hint} Known models: {', '.join(_MODELS)}")
+    return _MODELS[name]
+
+
+def create_segmentor(name: str, *, num_classes: int, **overrides: Any) -> nn.Module:
+    """Build a registered segmentor, e.g. ``create_segmentor("setr_pup_vit_large", num_classes=19)``.
+
+    Keyword arguments override the variant's defaults (``img_size``, ``flavour``, ``depth`` ...).
+    """
+    info = model_info(name)
+    if info.task != "segmentation":
+        raise ValueError(
+            f"{name!r} is a {info.task} model; segmentors are: {', '.join(list_models('segmentation'))}"
+        )
+    return info.entrypoint(num_classes=num_classes, **overrides)

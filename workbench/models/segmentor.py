@@ -1,0 +1,130 @@
+"""Segmentor: a backbone, an optional neck, a decode head and auxiliary heads.
+
+``model(images)`` returns the decode head's logits resized to the input resolution;
+``model.losses(images, targets)`` returns the training losses (main + weighted auxiliary).
+The auxiliary heads run only inside ``losses``: inference pays nothing for them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from workbench.models.layers import resize
+
+HeadInput = int | tuple[int, ...]
+
+
+def _take(features: Sequence[torch.Tensor], index: HeadInput) -> torch.Tensor | list[torch.Tensor]:
+    return features[index] if isinstance(index, int) else [features[i] for i in index]
+
+
+class Segmentor(nn.Module):
+    """Encoder-decoder segmentor.
+
+    Args:
+        backbone: maps images (B, in_chans, H, W) to a list of NCHW feature maps.
+        decode_head: maps its input (one map, or a list for ``decode_in`` tuples) to logits (B, K, h, w).
+        decode_in: which backbone (or neck) outputs feed the decode head.
+        aux_heads: auxiliary heads, each fed ``features[aux_in[i]]``; their losses weigh ``aux_weight``.
+        neck: optional module mapping the backbone's list of features to another list.
+        size_divisor: input sides must be multiples of this (the patch size for plain ViTs).
+    """
+
+    def __init__(
+        self,
+        *,
+        backbone: nn.Module,
+        decode_head: nn.Module,
+        decode_in: HeadInput,
+        num_classes: int,
+        in_chans: int,
+        size_divisor: int,
+        aux_heads: Sequence[nn.Module] = (),
+        aux_in: Sequence[HeadInput] = (),
+        aux_weight: float = 0.4,
+        neck: nn.Module | None = None,
+        ignore_index: int = 255,
+        align_corners: bool = False,
+    ) -> None:
+        super().__init__()
+        if len(aux_heads) != len(aux_in):
+            raise ValueError(f"{len(aux_heads)} auxiliary heads but {len(aux_in)} auxiliary inputs")
+        self.backbone = backbone
+        self.neck = neck
+        self.decode_head = decode_head
+        self.aux_heads = nn.ModuleList(aux_heads)
+        self.decode_in = decode_in
+        self.aux_in = tuple(aux_in)
+        self.aux_weight = aux_weight
+        self.num_classes = num_classes
+        self.in_chans = in_chans
+        self.size_divisor = size_divisor
+        self.ignore_index = ignore_index
+        self.align_corners = align_corners
+
+    def check_images(self, images: torch.Tensor) -> None:
+        """Raise a ValueError naming what was expected if ``images`` cannot go through the model."""
+        expected = f"a float tensor of shape (B, {self.in_chans}, H, W)"
+        if not isinstance(images, torch.Tensor) or images.ndim != 4:
+            shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+            raise ValueError(f"expected {expected}, got {shape}")
+        if not images.is_floating_point():
+            raise ValueError(f"expected {expected} (normalised images), got dtype {images.dtype}")
+        if images.shape[1] != self.in_chans:
+            raise ValueError(
+                f"expected {self.in_chans} input channels, got {images.shape[1]} (shape {tuple(images.shape)})"
+            )
+        height, width = images.shape[-2:]
+        d = self.size_divisor
+        if height % d or width % d:
+            raise ValueError(
+                f"image sides must be multiples of {d}, got {height}x{width}; pad or resize to e.g. "
+                f"{-(-height // d) * d}x{-(-width // d) * d}"
+            )
+
+    def extract_features(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Backbone (and neck) features: a list of NCHW maps."""
+        self.check_images(images)
+        features = self.backbone(images)
+        return self.neck(features) if self.neck is not None else features
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits (B, num_classes, H, W) at the resolution of ``images`` (B, in_chans, H, W)."""
+        features = self.extract_features(images)
+        logits = self.decode_head(_take(features, self.decode_in))
+        return resize(logits, images.shape[-2:], self.align_corners)
+
+    def losses(self, images: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Training losses for images (B, C, H, W) and integer label maps ``targets`` (B, H, W).
+
+        Cross-entropy with ``ignore_index`` on logits resized to the label size. Returns
+        ``loss_main``, ``loss_aux{i}`` (unweighted) and ``loss``, the total to back-propagate:
+        ``loss_main + aux_weight * sum(loss_aux{i})``.
+        """
+        if targets.ndim != 3 or targets.shape[0] != images.shape[0] or targets.is_floating_point():
+            raise ValueError(
+                f"expected integer targets of shape ({images.shape[0]}, H, W), got "
+                f"{tuple(targets.shape)} {targets.dtype}"
+            )
+        features = self.extract_features(images)
+        size = targets.shape[-2:]
+
+        def cross_entropy(head: nn.Module, index: HeadInput) -> torch.Tensor:
+            logits = resize(head(_take(features, index)), size, self.align_corners)
+            return F.cross_entropy(logits, targets.long(), ignore_index=self.ignore_index)
+
+        losses = {"loss_main": cross_entropy(self.decode_head, self.decode_in)}
+        total = losses["loss_main"]
+        for i, (head, index) in enumerate(zip(self.aux_heads, self.aux_in, strict=True)):
+            losses[f"loss_aux{i}"] = cross_entropy(head, index)
+            total = total + self.aux_weight * losses[f"loss_aux{i}"]
+        losses["loss"] = total
+        return losses
+
+    def attention_sites(self) -> dict:
+        """Modules whose attention the explain mode can record (see ``workbench.viz.record``)."""
+        return self.backbone.attention_sites()
