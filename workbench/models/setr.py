@@ -67,7 +67,7 @@ from functools import partial
 from typing import Any
 
 import torch
-from timm.layers import LayerNorm2d, resample_abs_pos_embed
+from timm.layers import LayerNorm2d, resample_abs_pos_embed, to_2tuple
 from timm.models import VisionTransformer
 from torch import nn
 
@@ -92,7 +92,7 @@ class SETREncoder(VisionTransformer):
         self,
         *,
         out_indices: Sequence[int],
-        img_size: int = 768,
+        img_size: int | tuple[int, int] = 768,
         in_chans: int = 3,
         embed_dim: int = 1024,
         depth: int = 24,
@@ -101,8 +101,8 @@ class SETREncoder(VisionTransformer):
         class_token: bool = True,
         drop_path_rate: float = 0.0,
     ) -> None:
-        if img_size % PATCH_SIZE:
-            raise ValueError(f"img_size must be a multiple of {PATCH_SIZE}, got {img_size}")
+        if any(side % PATCH_SIZE for side in to_2tuple(img_size)):
+            raise ValueError(f"img_size sides must be multiples of {PATCH_SIZE}, got {img_size}")
         bad = [i for i in out_indices if not 0 <= i < depth]
         if bad:
             raise ValueError(f"encoder layers {bad} do not exist in a {depth}-layer encoder (0-based)")
@@ -282,7 +282,7 @@ class SETR(Segmentor):
         decoder: str,
         num_classes: int,
         flavour: str = "official",
-        img_size: int = 768,
+        img_size: int | tuple[int, int] = 768,
         in_chans: int = 3,
         embed_dim: int = 1024,
         depth: int = 24,
@@ -367,14 +367,15 @@ class SETR(Segmentor):
         decode_layers: Sequence[int] | None,
         aux_layers: Sequence[int] | None,
     ) -> tuple[tuple[int, ...], tuple[int, ...]]:
-        default = _DEFAULT_LAYERS.get((decoder, depth))
-        if default is None and (decode_layers is None or (decoder != "mla" and aux_layers is None)):
+        default_decode, default_aux = _DEFAULT_LAYERS.get((decoder, depth), (None, None))
+        needs_aux = decoder != "mla"  # MLA's auxiliary heads sit on its streams, not on encoder layers
+        if default_decode is None and (decode_layers is None or (needs_aux and aux_layers is None)):
             raise ValueError(
                 f"SETR-{decoder} has default layer taps for 24- and 12-layer encoders only; for depth "
-                f"{depth} pass decode_layers=(...)" + ("" if decoder == "mla" else " and aux_layers=(...)")
+                f"{depth} pass decode_layers=(...)" + (" and aux_layers=(...)" if needs_aux else "")
             )
-        decode = tuple(decode_layers) if decode_layers is not None else default[0]
-        aux = tuple(aux_layers) if aux_layers is not None else default[1].get(flavour, ())
+        decode = tuple(decode_layers if decode_layers is not None else default_decode)
+        aux = tuple(aux_layers if aux_layers is not None else (default_aux or {}).get(flavour, ()))
         expected = 4 if decoder == "mla" else 1
         if len(decode) != expected:
             raise ValueError(f"SETR-{decoder} takes {expected} decode layer(s), got decode_layers={decode}")

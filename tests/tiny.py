@@ -1,0 +1,20 @@
+"""Tiny configurations of the registered models, small enough for 2 CPU cores."""
+
+from __future__ import annotations
+
+from workbench import create_segmentor
+
+TINY_SETR = dict(
+    embed_dim=32, depth=4, num_heads=2, img_size=64, head_channels=16, mla_channels=16, mla_head_channels=8
+)
+
+
+def tiny_setr(name: str, num_classes: int = 5, **overrides):
+    """A 4-layer, 32-wide version of a SETR variant with its structure otherwise unchanged."""
+    decoder = name.split("_")[1]
+    layers = (
+        dict(decode_layers=(0, 1, 2, 3))
+        if decoder == "mla"
+        else dict(decode_layers=(3,), aux_layers=(1, 2, 3))
+    )
+    return create_segmentor(name, num_classes=num_classes, **{**TINY_SETR, **layers, **overrides})
