@@ -62,8 +62,8 @@ def test_encoder_parameter_count_matches_layer_shapes(encoder, grid, expected):
 @pytest.mark.parametrize("name", SETR_MODELS)
 def test_parameter_count_reproduces_paper_table_2(name):
     paper = model_info(name).paper
-    classes, size = paper.params_setting
-    model = build_on_meta(name, num_classes=classes, img_size=size)
+    assert paper.params_setting() == dict(num_classes=150, img_size=512)
+    model = build_on_meta(name, **paper.params_setting())
     params = count_params(model)
     assert abs(params / 1e6 / paper.params_m - 1) < 0.005
     # With the official heads' unused conv_seg, the count is the paper's to the published digit.

@@ -15,6 +15,13 @@ def _diff(ours: float, paper: float | None) -> str:
     return "" if paper is None else f"{(ours / paper - 1) * 100:+.2f}%"
 
 
+def _setting(kwargs: dict) -> str:
+    return ", ".join(
+        f"{value}px" if key == "img_size" else f"{value} {key.replace('num_', '')}"
+        for key, value in kwargs.items()
+    )
+
+
 def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
@@ -29,10 +36,8 @@ def models_table(pattern: str = "*") -> str:
     for name in names:
         info = model_info(name)
         paper = info.paper
-        count_classes, count_size = paper.params_setting or (paper.num_classes, paper.input_size)
-        params = count_params(build_on_meta(name, num_classes=count_classes, img_size=count_size)) / 1e6
-        model = build_on_meta(name, num_classes=paper.num_classes, img_size=paper.input_size)
-        gflops = count_gmacs(model, paper.input_size)
+        params = count_params(build_on_meta(name, **paper.params_setting())) / 1e6
+        gflops = count_gmacs(build_on_meta(name, **paper.build_setting()), paper.input_size)
         if paper.note:
             notes.setdefault(paper.note, len(notes) + 1)
         mark = f" [{notes[paper.note]}]" if paper.note else ""
@@ -45,8 +50,8 @@ def models_table(pattern: str = "*") -> str:
                 f"{gflops:.1f}",
                 _fmt(paper.gflops),
                 _diff(gflops, paper.gflops),
-                f"{count_classes} cls, {count_size}px",
-                f"{paper.num_classes} cls, {paper.input_size}px",
+                _setting(paper.params_setting()),
+                f"{paper.input_size}px, {paper.num_classes} classes",
             )
         )
     widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]

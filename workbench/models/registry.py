@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from timm.models import register_model
@@ -22,16 +22,27 @@ _TIMM_FACTORY_KWARGS = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir")
 
 @dataclass(frozen=True)
 class PaperFigures:
-    """The setting a paper measured a model in and what it reported (None where it reported nothing)."""
+    """The setting a paper measured a model in and what it reported (None where it reported nothing).
+
+    The model is built with ``num_classes`` and ``build_kwargs`` and its GFLOPs measured on one
+    ``input_size`` image; the parameter count uses ``params_kwargs`` instead where the paper counted
+    another build (e.g. another data set's classes).
+    """
 
     source: str
     input_size: int
     num_classes: int
     params_m: float | None = None
     gflops: float | None = None
-    # (num_classes, input_size) the parameter count was taken at, where it differs from the above.
-    params_setting: tuple[int, int] | None = None
+    build_kwargs: dict[str, Any] = field(default_factory=dict)
+    params_kwargs: dict[str, Any] | None = None
     note: str = ""
+
+    def build_setting(self) -> dict[str, Any]:
+        return {"num_classes": self.num_classes, **self.build_kwargs}
+
+    def params_setting(self) -> dict[str, Any]:
+        return self.params_kwargs if self.params_kwargs is not None else self.build_setting()
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ class Segmentor(nn.Module):
     """Encoder-decoder segmentor.
 
     Args:
-        backbone: maps images (B, in_chans, H, W) to a list of NCHW feature maps.
+        backbone: its ``forward_dense`` maps images (B, in_chans, H, W) to a list of NCHW feature maps.
         decode_head: maps its input (one map, or a list for ``decode_in`` tuples) to logits (B, K, h, w).
         decode_in: which backbone (or neck) outputs feed the decode head.
         aux_heads: auxiliary heads, each fed ``features[aux_in[i]]``; their losses weigh ``aux_weight``.
@@ -89,7 +89,7 @@ class Segmentor(nn.Module):
     def extract_features(self, images: torch.Tensor) -> list[torch.Tensor]:
         """Backbone (and neck) features: a list of NCHW maps."""
         self.check_images(images)
-        features = self.backbone(images)
+        features = self.backbone.forward_dense(images)
         return self.neck(features) if self.neck is not None else features
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

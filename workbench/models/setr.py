@@ -71,7 +71,7 @@ from timm.layers import LayerNorm2d, resample_abs_pos_embed, to_2tuple
 from timm.models import VisionTransformer
 from torch import nn
 
-from workbench.models.explain import AttentionSite, vit_attention_probs
+from workbench.models.explain import AttentionSite, vit_attention_site
 from workbench.models.layers import ConvBNReLU, upsample
 from workbench.models.registry import PaperFigures, drop_timm_factory_kwargs, register
 from workbench.models.segmentor import Segmentor
@@ -143,15 +143,13 @@ class SETREncoder(VisionTransformer):
             x = torch.cat([self.cls_token.expand(batch, -1, -1), x], dim=1)
         return self.pos_drop(x + pos_embed)
 
-    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+    def forward_dense(self, images: torch.Tensor) -> list[torch.Tensor]:
         """Images (B, C, H, W) -> raw block outputs, one (B, embed_dim, H/16, W/16) map per tap."""
         return self.forward_intermediates(images, indices=list(self.out_indices), intermediates_only=True)
 
     def attention_sites(self) -> dict[str, AttentionSite]:
         return {
-            f"blocks.{i}": AttentionSite(
-                block.attn, vit_attention_probs, "self", self.num_prefix_tokens, PATCH_SIZE
-            )
+            f"blocks.{i}": vit_attention_site(block.attn, self.num_prefix_tokens, PATCH_SIZE)
             for i, block in enumerate(self.blocks)
         }
 
@@ -413,7 +411,8 @@ def _paper(params_m: float) -> PaperFigures:
         input_size=768,
         num_classes=19,
         params_m=params_m,
-        params_setting=(150, 512),
+        build_kwargs=dict(img_size=768),
+        params_kwargs=dict(num_classes=150, img_size=512),
         note=_COUNT_NOTE,
     )
 

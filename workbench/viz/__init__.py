@@ -1,5 +1,6 @@
 """Seeing inside the models: attention recording (more to come: rollout, group maps, attributions)."""
 
-from workbench.viz.record import AttentionMap, Recording, record
+from workbench.models.explain import AttentionMap
+from workbench.viz.record import Recording, record
 
 __all__ = ["AttentionMap", "Recording", "record"]

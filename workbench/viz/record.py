@@ -17,34 +17,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from workbench.models.explain import AttentionSite
-
-
-@dataclass
-class AttentionMap:
-    """Attention probabilities of one site for the last forward pass.
-
-    Attributes:
-        probs: (B, heads, N_query, N_key); token order is ``num_prefix_tokens`` prefix tokens, then
-            the image tokens of ``grid`` in row-major order.
-        kind: the site's kind ("self" for self-attention).
-        grid: (rows, cols) of the image-token grid.
-        num_prefix_tokens: tokens before the grid (1 for a kept class token).
-    """
-
-    probs: torch.Tensor
-    kind: str
-    grid: tuple[int, int]
-    num_prefix_tokens: int
-
-    def query_map(self, row: int, col: int) -> torch.Tensor:
-        """Where the image token at (row, col) looks: (B, heads, rows, cols), prefix keys left out."""
-        rows, cols = self.grid
-        if not (0 <= row < rows and 0 <= col < cols):
-            raise ValueError(f"token ({row}, {col}) is outside the {rows}x{cols} token grid")
-        query = self.num_prefix_tokens + row * cols + col
-        keys = self.probs[:, :, query, self.num_prefix_tokens :]
-        return keys.reshape(*keys.shape[:2], rows, cols)
+from workbench.models.explain import AttentionMap, AttentionSite
 
 
 @dataclass
@@ -90,9 +63,7 @@ def record(
     def recorder(name: str, site: AttentionSite):
         def hook(module: nn.Module, args: tuple) -> None:
             with torch.set_grad_enabled(keep_grad and torch.is_grad_enabled()):
-                probs = site.probs(module, args)
-            grid = (image_size[0] // site.stride, image_size[1] // site.stride)
-            recording.attention[name] = AttentionMap(probs, site.kind, grid, site.num_prefix_tokens)
+                recording.attention[name] = site.compute(module, args, tuple(image_size))
 
         return hook
 
