@@ -18,3 +18,22 @@ def tiny_setr(name: str, num_classes: int = 5, **overrides):
         else dict(decode_layers=(3,), aux_layers=(1, 2, 3))
     )
     return create_segmentor(name, num_classes=num_classes, **{**TINY_SETR, **layers, **overrides})
+
+
+TINY_GPVIT = dict(embed_dim=24, depth=4, group_layers={1: 8, 3: 4})
+
+
+def tiny_gpvit(num_classes: int = 5, **overrides):
+    """A 4-layer, 24-wide GPViT classifier: stripe, GP (8 groups), stripe, GP (4 groups)."""
+    from workbench.models.gpvit import gpvit_l1
+
+    return gpvit_l1(num_classes=num_classes, **{**TINY_GPVIT, **overrides})
+
+
+def tiny_gpvit_segmentor(decoder: str, num_classes: int = 5, **overrides):
+    """A tiny GPViT segmentor with dense outputs from all four layers."""
+    return create_segmentor(
+        f"gpvit_l1_{decoder}",
+        num_classes=num_classes,
+        **{**TINY_GPVIT, "out_indices": (0, 1, 2, 3), **overrides},
+    )

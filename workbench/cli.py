@@ -47,7 +47,7 @@ def models_table(pattern: str = "*") -> str:
                 f"{params:.2f}",
                 _fmt(paper.params_m),
                 _diff(params, paper.params_m),
-                f"{gflops:.1f}",
+                f"{gflops:.2f}",
                 _fmt(paper.gflops),
                 _diff(gflops, paper.gflops),
                 _setting(paper.params_setting()),

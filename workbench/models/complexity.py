@@ -32,7 +32,8 @@ def count_gmacs(model: nn.Module, input_size: int | tuple[int, int], in_chans: i
     images = torch.zeros(1, in_chans, height, width, device=device)
     was_training = model.training
     model.eval()
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
+    # Not under no_grad: the counter's module tracker then fails on parameters used via expand().
+    with FlopCounterMode(display=False) as counter:
         model(images)
     model.train(was_training)
     return counter.get_total_flops() / 2e9

@@ -93,6 +93,14 @@ class AttentionSite:
     compute: ComputeMap
 
 
+def attention_probs(q: torch.Tensor, k: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d)) for (..., Nq, d) and (..., Nk, d); ``key_mask`` False keys get weight 0."""
+    logits = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
+    if key_mask is not None:
+        logits = logits.masked_fill(~key_mask, float("-inf"))
+    return logits.softmax(dim=-1)
+
+
 def vit_attention_site(attn: Attention, num_prefix_tokens: int, patch_size: int) -> AttentionSite:
     """Self-attention of a timm ``Attention`` on a ViT whose tokens are patches of ``patch_size``."""
 
@@ -101,8 +109,7 @@ def vit_attention_site(attn: Attention, num_prefix_tokens: int, patch_size: int)
         batch, num_tokens, _ = tokens.shape
         qkv = module.qkv(tokens).reshape(batch, num_tokens, 3, module.num_heads, module.head_dim)
         q, k, _ = qkv.permute(2, 0, 3, 1, 4).unbind(0)
-        q, k = module.q_norm(q), module.k_norm(k)
-        probs = ((q * module.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
+        probs = attention_probs(module.q_norm(q), module.k_norm(k))
         grid = (image_size[0] // patch_size, image_size[1] // patch_size)
         return AttentionMap(probs, "self", grid, num_prefix_tokens)
 

@@ -38,3 +38,15 @@ def upsample(x: torch.Tensor, scale: int, align_corners: bool = False) -> torch.
     if scale == 1:
         return x
     return resize(x, (x.shape[-2] * scale, x.shape[-1] * scale), align_corners)
+
+
+def split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """(B, N, C) -> (B, heads, N, C / heads), channels grouped head-major."""
+    batch, tokens, channels = x.shape
+    return x.reshape(batch, tokens, num_heads, channels // num_heads).transpose(1, 2)
+
+
+def merge_heads(x: torch.Tensor) -> torch.Tensor:
+    """(B, heads, N, d) -> (B, N, heads * d)."""
+    batch, heads, tokens, dim = x.shape
+    return x.transpose(1, 2).reshape(batch, tokens, heads * dim)

@@ -60,6 +60,9 @@ _MODELS: dict[str, ModelInfo] = {}
 def register(*, family: str, task: str, paper: PaperFigures) -> Callable:
     """Register a variant's entry point with timm and with the workbench."""
 
+    if family not in FAMILIES:
+        raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
+
     def decorate(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         _MODELS[fn.__name__] = ModelInfo(fn.__name__, family, task, paper, fn)
         return register_model(fn)
@@ -77,11 +80,16 @@ def drop_timm_factory_kwargs(pretrained: bool, kwargs: dict[str, Any]) -> dict[s
     return {k: v for k, v in kwargs.items() if k not in _TIMM_FACTORY_KWARGS}
 
 
+# Families in the order of the roadmap; variants keep their registration order within a family.
+FAMILIES = ("SETR", "GPViT", "HLG")
+
+
 def list_models(task: str | None = None, family: str | None = None) -> list[str]:
-    """Names of the registered models, in registration order, optionally filtered."""
+    """Names of the registered models, family by family, optionally filtered."""
+    ordered = sorted(_MODELS.values(), key=lambda info: FAMILIES.index(info.family))
     return [
         info.name
-        for info in _MODELS.values()
+        for info in ordered
         if (task is None or info.task == task) and (family is None or info.family == family)
     ]
 

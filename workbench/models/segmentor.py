@@ -32,6 +32,7 @@ class Segmentor(nn.Module):
         aux_heads: auxiliary heads, each fed ``features[aux_in[i]]``; their losses weigh ``aux_weight``.
         neck: optional module mapping the backbone's list of features to another list.
         size_divisor: input sides must be multiples of this (the patch size for plain ViTs).
+        min_size: input sides must be at least this many pixels.
     """
 
     def __init__(
@@ -47,6 +48,7 @@ class Segmentor(nn.Module):
         aux_in: Sequence[HeadInput] = (),
         aux_weight: float = 0.4,
         neck: nn.Module | None = None,
+        min_size: int = 1,
         ignore_index: int = 255,
         align_corners: bool = False,
     ) -> None:
@@ -63,6 +65,7 @@ class Segmentor(nn.Module):
         self.num_classes = num_classes
         self.in_chans = in_chans
         self.size_divisor = size_divisor
+        self.min_size = max(min_size, size_divisor)
         self.ignore_index = ignore_index
         self.align_corners = align_corners
 
@@ -79,6 +82,8 @@ class Segmentor(nn.Module):
                 f"expected {self.in_chans} input channels, got {images.shape[1]} (shape {tuple(images.shape)})"
             )
         height, width = images.shape[-2:]
+        if min(height, width) < self.min_size:
+            raise ValueError(f"image sides must be at least {self.min_size} pixels, got {height}x{width}")
         d = self.size_divisor
         if height % d or width % d:
             raise ValueError(

@@ -1,0 +1,1 @@
+"""Interoperability with released checkpoints: key mappings between the workbench and official layouts."""

@@ -1,0 +1,636 @@
+"""GPViT: a high-resolution non-hierarchical vision transformer with Group Propagation.
+
+Yang, Xu, De Mello, Crowley, Wang, "GPViT: A High Resolution Non-Hierarchical Vision Transformer
+with Group Propagation", ICLR 2023 (arXiv 2212.06795); released code ChenhongyiYang/GPViT.
+
+A conv stem takes the image to stride 8, where all 12 layers run. Layers 1, 4, 7, 10 are GP blocks:
+learnable group tokens *group* the image tokens (cross-attention), an MLP-Mixer layer *propagates*
+information among the groups, and the image tokens *ungroup* it back (cross-attention). The other
+8 layers attend inside CSWin-style cross-shaped stripes of width 2 with LePE. No N x N attention is
+ever formed: stripes cost N * (H + W), grouping and ungrouping N * G.
+
+Variants (ImageNet-1k, 224x224; params of the full classifier, FLOPs as multiply-adds):
+
+    variant  C    stem 3x3 convs  neck        params       GFLOPs  top-1
+    L1       216  0               GroupNeck    9,589,848    6.13   80.5
+    L2       348  1               GroupNeck   24,162,680   15.70   83.4
+    L3       432  1               avg pool    36,654,056   23.50   84.1
+    L4       624  2               avg pool    75,484,456   48.24   84.3
+
+Group tokens per GP block: 64, 32, 32, 16. ADE20K mIoU (UperNet / SegFormer head): 49.1 / 46.9,
+50.2 / 49.2, 51.7 / 50.8, 52.5 / 51.3.
+
+As released, and where that differs from the paper's text:
+
+- Grouping projects only the keys; queries are the LayerNorm'ed group tokens and values the
+  LayerNorm'ed image tokens, with no output projection and no residual (the groups replace the
+  group tokens).
+- Ungrouping replaces the additive residual by Linear(2C -> C) over [input, attention output].
+- The MLP-Mixer's token-mixing width is C/2, set by the channel width, not by G.
+- Every block ends with a depthwise 3x3 conv that has no residual (LePE blocks: bias-free conv;
+  GP blocks: conv + BN + ReLU): the block's output *is* the conv's output.
+- LayerNorm eps is 1e-6 in the stripe blocks, the final norm and the dense-output norms, 1e-5
+  inside GP blocks and the GroupNeck.
+
+Odd token grids (e.g. 500x375 images, a 63x47 grid): the released code needs an even grid. Here the
+stripe attention pads the grid to whole stripes and masks the padded keys, and the padded values
+are zero (as LePE's own zero padding at stripe borders), so a token in a truncated stripe attends
+exactly to the real tokens of its stripe. Even grids take no padding path at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from functools import partial
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from timm.layers import DropPath, Mlp, resample_abs_pos_embed, to_2tuple, trunc_normal_
+from torch import nn
+
+from workbench.models.explain import AttentionMap, AttentionSite, attention_probs
+from workbench.models.heads import FCNHead, SegFormerHead, UPerHead
+from workbench.models.layers import merge_heads, split_heads
+from workbench.models.registry import PaperFigures, drop_timm_factory_kwargs, register
+from workbench.models.segmentor import Segmentor
+
+STRIDE = 8
+GP_LAYERS = {1: 64, 4: 32, 7: 32, 10: 16}  # layer index -> number of group tokens
+LayerNorm6 = partial(nn.LayerNorm, eps=1e-6)
+
+
+def token_grid(image_size: Sequence[int]) -> tuple[int, int]:
+    """Token grid of an image (H, W): the stem takes every side to ceil(side / 8)."""
+    return -(-image_size[0] // STRIDE), -(-image_size[1] // STRIDE)
+
+
+def _to_map(tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """(B, H*W, C) -> (B, C, H, W)."""
+    return tokens.transpose(1, 2).reshape(tokens.shape[0], -1, *grid)
+
+
+def _to_tokens(feature_map: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (B, H*W, C)."""
+    return feature_map.flatten(2).transpose(1, 2)
+
+
+class ConvStem(nn.Module):
+    """7x7/2 conv-BN-ReLU, ``num_convs`` 3x3 conv-BN-ReLU, zero padding to a multiple of 4, 4x4/4 projection."""
+
+    def __init__(self, in_chans: int, embed_dim: int, num_convs: int, width: int = 64) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_chans, width, 7, stride=2, padding=3, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
+        )
+        convs: list[nn.Module] = []
+        for _ in range(num_convs):
+            convs += [
+                nn.Conv2d(width, width, 3, padding=1, bias=False),
+                nn.BatchNorm2d(width),
+                nn.ReLU(inplace=True),
+            ]
+        self.convs = nn.Sequential(*convs) if convs else None
+        self.projection = nn.Conv2d(width, embed_dim, 4, stride=4)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, in_chans, H, W) -> (B, C, ceil(H/8), ceil(W/8))."""
+        x = self.stem(images)
+        if self.convs is not None:
+            x = self.convs(x)
+        x = F.pad(x, (0, (-x.shape[-1]) % 4, 0, (-x.shape[-2]) % 4))  # right and bottom ("corner")
+        return self.projection(x)
+
+
+def _to_stripes(x: torch.Tensor, grid: tuple[int, int], window: tuple[int, int]) -> torch.Tensor:
+    """(B, H*W, C) -> (B * windows, rows * cols, C), zero-padding the grid to whole windows."""
+    (height, width), (rows, cols) = grid, window
+    x = x.reshape(x.shape[0], height, width, -1)
+    x = F.pad(x, (0, 0, 0, (-width) % cols, 0, (-height) % rows))
+    batch, padded_h, padded_w, channels = x.shape
+    x = x.reshape(batch, padded_h // rows, rows, padded_w // cols, cols, channels)
+    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, rows * cols, channels)
+
+
+def _from_stripes(
+    x: torch.Tensor, grid: tuple[int, int], window: tuple[int, int], batch: int
+) -> torch.Tensor:
+    """Inverse of ``_to_stripes``: (B * windows, rows * cols, C) -> (B, H*W, C), padding cropped."""
+    (height, width), (rows, cols) = grid, window
+    padded_h, padded_w = height + (-height) % rows, width + (-width) % cols
+    x = x.reshape(batch, padded_h // rows, padded_w // cols, rows, cols, -1)
+    x = x.permute(0, 1, 3, 2, 4, 5).reshape(batch, padded_h, padded_w, -1)
+    return x[:, :height, :width].reshape(batch, height * width, -1)
+
+
+class StripeAttention(nn.Module):
+    """One branch of the cross-shaped window attention (CSWin) with LePE, on its half of the channels.
+
+    Vertical branch: stripes of full height and ``width`` columns; horizontal: ``width`` rows and
+    full width. Inside a stripe: softmax(q k^T / sqrt(d)) v + LePE(v), LePE a depthwise 3x3 conv on
+    the stripe's values (zero padding at the stripe's borders).
+    """
+
+    def __init__(self, dim: int, num_heads: int, width: int, vertical: bool) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.width = width
+        self.vertical = vertical
+        self.lepe = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
+
+    def window(self, grid: tuple[int, int]) -> tuple[int, int]:
+        return (grid[0], self.width) if self.vertical else (self.width, grid[1])
+
+    def key_mask(self, grid: tuple[int, int], batch: int, device: torch.device) -> torch.Tensor | None:
+        """(B * windows, 1, 1, L) True for real tokens; None when the stripes tile the grid exactly."""
+        window = self.window(grid)
+        if grid[0] % window[0] == 0 and grid[1] % window[1] == 0:
+            return None
+        real = torch.ones(1, grid[0] * grid[1], 1, dtype=torch.bool, device=device)
+        return _to_stripes(real, grid, window).reshape(-1, 1, 1, window[0] * window[1]).repeat(batch, 1, 1, 1)
+
+    def stripes(self, q, k, v, grid):
+        """Queries, keys and values cut into stripes and heads: (B * windows, heads, L, d) each."""
+        window = self.window(grid)
+        return [split_heads(_to_stripes(t, grid, window), self.num_heads) for t in (q, k, v)]
+
+    def forward(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, grid: tuple[int, int]
+    ) -> torch.Tensor:
+        """q, k, v (B, H*W, dim) -> (B, H*W, dim)."""
+        window = self.window(grid)
+        q_s, k_s, v_s = self.stripes(q, k, v, grid)
+        values = _to_stripes(v, grid, window)  # (B * windows, L, dim)
+        lepe = _to_tokens(self.lepe(values.transpose(1, 2).reshape(-1, values.shape[-1], *window)))
+        mask = self.key_mask(grid, q.shape[0], q.device)
+        attended = merge_heads(F.scaled_dot_product_attention(q_s, k_s, v_s, attn_mask=mask)) + lepe
+        return _from_stripes(attended, grid, window, q.shape[0])
+
+
+class StripeBlock(nn.Module):
+    """LePE block (``LePEAttnSimpleDWBlock``): stripe attention, FFN, then a depthwise conv, no residual."""
+
+    def __init__(
+        self, dim: int, num_heads: int, stripe_width: int, mlp_ratio: float, drop_path: float
+    ) -> None:
+        super().__init__()
+        self.norm1 = LayerNorm6(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.stripes = nn.ModuleList(
+            StripeAttention(dim // 2, num_heads // 2, stripe_width, vertical) for vertical in (True, False)
+        )
+        self.proj = nn.Linear(dim, dim)
+        self.norm2 = LayerNorm6(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.dwconv = nn.Conv2d(dim, dim, 3, padding=1, groups=dim, bias=False)
+
+    def forward(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """(B, H*W, C) -> (B, H*W, C)."""
+        q, k, v = self.qkv(self.norm1(x)).chunk(3, dim=-1)
+        half = x.shape[-1] // 2
+        vertical = self.stripes[0](q[..., :half], k[..., :half], v[..., :half], grid)
+        horizontal = self.stripes[1](q[..., half:], k[..., half:], v[..., half:], grid)
+        x = x + self.drop_path(self.proj(torch.cat([vertical, horizontal], dim=-1)))
+        x = x + self.drop_path(self.mlp(self.norm2(x)))
+        return _to_tokens(self.dwconv(_to_map(x, grid)))
+
+
+class GroupingAttention(nn.Module):
+    """Queries gather image tokens; only the keys are projected (``LightAttModule``).
+
+    q = LN(queries), v = LN(tokens), k = W_k v; softmax over the image tokens; no output projection.
+    Also the GroupNeck's pooling, there on tokens that are already normalised (``norm_key=False``).
+    """
+
+    def __init__(self, dim: int, num_heads: int = 6, qkv_bias: bool = True, norm_key: bool = True) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.norm_query = nn.LayerNorm(dim)
+        self.norm_key = nn.LayerNorm(dim) if norm_key else nn.Identity()
+        self.k_proj = nn.Linear(dim, dim, bias=qkv_bias)
+
+    def qkv(self, queries: torch.Tensor, tokens: torch.Tensor) -> list[torch.Tensor]:
+        values = self.norm_key(tokens)
+        return [
+            split_heads(t, self.num_heads) for t in (self.norm_query(queries), self.k_proj(values), values)
+        ]
+
+    def forward(self, queries: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """queries (B, G, C), image tokens (B, N, C) -> grouped features (B, G, C)."""
+        return merge_heads(F.scaled_dot_product_attention(*self.qkv(queries, tokens)))
+
+
+class GroupPropagation(nn.Module):
+    """One MLP-Mixer layer over the groups: token mixing (G -> C/2 -> G), then channel mixing."""
+
+    def __init__(self, num_groups: int, dim: int, mlp_ratio: float, drop_path: float) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.token_mlp = Mlp(num_groups, int(0.5 * dim), num_groups)
+        self.norm2 = nn.LayerNorm(dim)
+        self.channel_mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, groups: torch.Tensor) -> torch.Tensor:
+        """(B, G, C) -> (B, G, C)."""
+        groups = groups + self.drop_path(self.token_mlp(self.norm1(groups).transpose(1, 2)).transpose(1, 2))
+        return groups + self.drop_path(self.channel_mlp(self.norm2(groups)))
+
+
+class UngroupingAttention(nn.Module):
+    """Image tokens read the groups back (``FullAttnCatBlock``).
+
+    Full cross-attention (q from LN(tokens), k and v from LN(groups)), then Linear(2C -> C) over
+    [tokens, attention output] instead of a residual sum, then a residual FFN.
+    """
+
+    def __init__(
+        self, dim: int, num_heads: int, mlp_ratio: float, drop_path: float, qkv_bias: bool = True
+    ) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.norm_query = nn.LayerNorm(dim)
+        self.norm_key = nn.LayerNorm(dim)
+        self.q_proj = nn.Linear(dim, dim, bias=qkv_bias)
+        self.k_proj = nn.Linear(dim, dim, bias=qkv_bias)
+        self.v_proj = nn.Linear(dim, dim, bias=qkv_bias)
+        self.out_proj = nn.Linear(dim, dim)
+        self.fuse = nn.Linear(2 * dim, dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def qkv(self, tokens: torch.Tensor, groups: torch.Tensor) -> list[torch.Tensor]:
+        keys = self.norm_key(groups)
+        projected = (self.q_proj(self.norm_query(tokens)), self.k_proj(keys), self.v_proj(keys))
+        return [split_heads(t, self.num_heads) for t in projected]
+
+    def forward(self, tokens: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+        """tokens (B, N, C), groups (B, G, C) -> (B, N, C)."""
+        attended = self.out_proj(merge_heads(F.scaled_dot_product_attention(*self.qkv(tokens, groups))))
+        x = self.fuse(torch.cat([tokens, self.drop_path(attended)], dim=-1))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class GPBlock(nn.Module):
+    """Group Propagation block: group, propagate, ungroup, then depthwise conv-BN-ReLU (no residual)."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_groups: int,
+        group_heads: int,
+        ungroup_heads: int,
+        mlp_ratio: float,
+        drop_path: float,
+    ) -> None:
+        super().__init__()
+        self.group_tokens = nn.Parameter(torch.zeros(1, num_groups, dim))
+        self.grouping = GroupingAttention(dim, group_heads)
+        self.propagation = GroupPropagation(num_groups, dim, mlp_ratio, drop_path)
+        self.ungrouping = UngroupingAttention(dim, ungroup_heads, mlp_ratio, drop_path)
+        self.dwconv = nn.Sequential(
+            nn.Conv2d(dim, dim, 3, padding=1, groups=dim, bias=False),
+            nn.BatchNorm2d(dim),
+            nn.ReLU(inplace=True),
+        )
+
+    def forward(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """(B, H*W, C) -> (B, H*W, C)."""
+        groups = self.grouping(self.group_tokens.expand(x.shape[0], -1, -1), x)
+        x = self.ungrouping(x, self.propagation(groups))
+        return _to_tokens(self.dwconv(_to_map(x, grid)))
+
+
+class GroupNeck(nn.Module):
+    """Attention pooling of the L1/L2 classifiers: one learnable query attends over the final tokens."""
+
+    def __init__(self, dim: int, num_heads: int = 6) -> None:
+        super().__init__()
+        self.query_token = nn.Parameter(torch.zeros(1, 1, dim))  # zeros, as released (never re-initialised)
+        self.pool = GroupingAttention(dim, num_heads, qkv_bias=False, norm_key=False)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, N, C) normalised tokens -> (B, C)."""
+        return self.pool(self.query_token.expand(tokens.shape[0], -1, -1), tokens).squeeze(1)
+
+
+class GPViT(nn.Module):
+    """GPViT backbone and classifier (timm-style ``forward_features`` / ``forward_head``).
+
+    ``out_indices`` (default: the last layer) are the layers ``forward_dense`` returns as
+    (B, C, H/8, W/8) maps: the last layer through the final norm, the others through their own
+    LayerNorm (as in the segmentation checkpoints).
+    """
+
+    def __init__(
+        self,
+        *,
+        embed_dim: int = 216,
+        num_stem_convs: int = 0,
+        depth: int = 12,
+        num_heads: int = 12,
+        group_layers: Mapping[int, int] = GP_LAYERS,
+        group_heads: int = 6,
+        ungroup_heads: int = 6,
+        stripe_width: int = 2,
+        mlp_ratio: float = 4.0,
+        img_size: int | tuple[int, int] = 224,
+        in_chans: int = 3,
+        num_classes: int = 1000,
+        global_pool: str = "group",
+        drop_path_rate: float = 0.2,
+        out_indices: Sequence[int] | None = None,
+    ) -> None:
+        super().__init__()
+        if num_heads % 2 or any(embed_dim % heads for heads in (num_heads, group_heads, ungroup_heads)):
+            raise ValueError(
+                f"embed_dim must split evenly into {num_heads} stripe heads (an even number), {group_heads} "
+                f"grouping and {ungroup_heads} ungrouping heads; got embed_dim={embed_dim}"
+            )
+        if global_pool not in ("group", "avg", ""):
+            raise ValueError(f"global_pool must be 'group', 'avg' or '', got {global_pool!r}")
+        out_indices = (depth - 1,) if out_indices is None else out_indices
+        bad = [i for i in out_indices if not 0 <= i < depth]
+        if bad or any(i >= depth for i in group_layers):
+            raise ValueError(
+                f"layers {bad or sorted(group_layers)} do not exist in a {depth}-layer GPViT (0-based)"
+            )
+        self.embed_dim = self.num_features = embed_dim
+        self.in_chans = in_chans
+        self.num_classes = num_classes
+        self.global_pool = global_pool
+        self.out_indices = tuple(sorted(set(out_indices)))
+        self.pretrain_grid = token_grid(to_2tuple(img_size))
+        self.patch_embed = ConvStem(in_chans, embed_dim, num_stem_convs)
+        self.pos_embed = nn.Parameter(
+            torch.zeros(1, self.pretrain_grid[0] * self.pretrain_grid[1], embed_dim)
+        )
+        rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # linear 0 -> rate
+        self.blocks = nn.ModuleList(
+            GPBlock(embed_dim, group_layers[i], group_heads, ungroup_heads, mlp_ratio, rates[i])
+            if i in group_layers
+            else StripeBlock(embed_dim, num_heads, stripe_width, mlp_ratio, rates[i])
+            for i in range(depth)
+        )
+        self.norm = LayerNorm6(embed_dim)
+        self.out_norms = nn.ModuleDict(
+            {str(i): LayerNorm6(embed_dim) for i in self.out_indices if i != depth - 1}
+        )
+        self.neck = GroupNeck(embed_dim, group_heads) if global_pool == "group" else None
+        self.head = nn.Linear(embed_dim, num_classes) if num_classes else nn.Identity()
+        self.apply(self._init_weights)
+        trunc_normal_(self.pos_embed, std=0.02)
+        for block in self.blocks:
+            if isinstance(block, GPBlock):
+                trunc_normal_(block.group_tokens, std=0.02)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            trunc_normal_(module.weight, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+
+    def check_images(self, images: torch.Tensor) -> None:
+        """Raise a ValueError naming what was expected if ``images`` cannot go through the stem."""
+        if images.ndim != 4 or images.shape[1] != self.in_chans:
+            raise ValueError(
+                f"expected images of shape (B, {self.in_chans}, H, W), got {tuple(images.shape)}"
+            )
+        if min(images.shape[-2:]) < STRIDE:
+            raise ValueError(
+                f"image sides must be at least {STRIDE} pixels (one stride-{STRIDE} token), got "
+                f"{images.shape[-2]}x{images.shape[-1]}"
+            )
+
+    def _embed(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        self.check_images(images)
+        x = self.patch_embed(images)
+        grid = tuple(x.shape[-2:])
+        pos_embed = resample_abs_pos_embed(
+            self.pos_embed, new_size=grid, old_size=self.pretrain_grid, num_prefix_tokens=0, antialias=False
+        )  # bicubic, as mmcls resize_pos_embed
+        return _to_tokens(x) + pos_embed, grid
+
+    def forward_intermediates(self, images: torch.Tensor, indices: Sequence[int]) -> list[torch.Tensor]:
+        """Outputs of layers ``indices`` as normalised (B, C, H/8, W/8) maps (``out_norms`` / final norm)."""
+        x, grid = self._embed(images)
+        outputs = []
+        for i, block in enumerate(self.blocks[: max(indices) + 1]):
+            x = block(x, grid)
+            if i in indices:
+                norm = self.norm if i == len(self.blocks) - 1 else self.out_norms[str(i)]
+                outputs.append(_to_map(norm(x), grid))
+        return outputs
+
+    def forward_dense(self, images: torch.Tensor) -> list[torch.Tensor]:
+        return self.forward_intermediates(images, self.out_indices)
+
+    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, in_chans, H, W) -> final normalised tokens (B, N, C)."""
+        x, grid = self._embed(images)
+        for block in self.blocks:
+            x = block(x, grid)
+        return self.norm(x)
+
+    def forward_head(self, tokens: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Final tokens (B, N, C) -> logits (B, num_classes), or pooled features with ``pre_logits``."""
+        if self.global_pool == "group":
+            pooled = self.neck(tokens)
+        elif self.global_pool == "avg":
+            pooled = tokens.mean(dim=1)
+        else:
+            pooled = tokens
+        return pooled if pre_logits else self.head(pooled)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(images))
+
+    def attention_sites(self) -> dict[str, AttentionSite]:
+        sites = {}
+        for i, block in enumerate(self.blocks):
+            if isinstance(block, GPBlock):
+                sites[f"blocks.{i}.grouping"] = AttentionSite(block.grouping, _grouping_map)
+                sites[f"blocks.{i}.ungrouping"] = AttentionSite(block.ungrouping, _ungrouping_map)
+            else:
+                sites[f"blocks.{i}.vertical"] = AttentionSite(block.stripes[0], _stripe_map)
+                sites[f"blocks.{i}.horizontal"] = AttentionSite(block.stripes[1], _stripe_map)
+        return sites
+
+
+def _grouping_map(module: GroupingAttention, args: tuple, image_size: tuple[int, int]) -> AttentionMap:
+    q, k, _ = module.qkv(*args)
+    return AttentionMap(attention_probs(q, k), "grouping", token_grid(image_size))
+
+
+def _ungrouping_map(module: UngroupingAttention, args: tuple, image_size: tuple[int, int]) -> AttentionMap:
+    q, k, _ = module.qkv(*args)
+    return AttentionMap(attention_probs(q, k), "ungrouping", token_grid(image_size))
+
+
+def _stripe_map(module: StripeAttention, args: tuple, image_size: tuple[int, int]) -> AttentionMap:
+    q, k, v, grid = args
+    q_s, k_s, _ = module.stripes(q, k, v, grid)
+    probs = attention_probs(q_s, k_s, module.key_mask(grid, q.shape[0], q.device))
+    probs = probs.reshape(q.shape[0], -1, *probs.shape[1:]).transpose(1, 2)  # (B, heads, windows, L, L)
+    return AttentionMap(probs, "stripe", tuple(grid), window=module.window(grid))
+
+
+class GPViTSegmentor(Segmentor):
+    """GPViT with the UperNet or SegFormer decode head of the official ADE20K configs."""
+
+    def __init__(
+        self,
+        *,
+        backbone: GPViT,
+        decoder: str,
+        num_classes: int,
+        aux_weight: float = 0.4,
+        aux_heads: bool = True,
+    ) -> None:
+        if not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(f"num_classes must be an integer >= 1, got {num_classes!r}")
+        widths = [backbone.embed_dim] * len(backbone.out_indices)
+        if decoder == "upernet":
+            decode_head: nn.Module = UPerHead(widths, num_classes, channels=512)
+            aux = [FCNHead(widths[-1], num_classes, channels=256)] if aux_heads else []
+        elif decoder == "segformer":
+            decode_head, aux = SegFormerHead(widths, num_classes, channels=256), []
+        else:
+            raise ValueError(f"decoder must be 'upernet' or 'segformer', got {decoder!r}")
+        super().__init__(
+            backbone=backbone,
+            decode_head=decode_head,
+            decode_in=tuple(range(len(widths))),
+            aux_heads=aux,
+            aux_in=[len(widths) - 1] * len(aux),
+            aux_weight=aux_weight,
+            num_classes=num_classes,
+            in_chans=backbone.in_chans,
+            size_divisor=1,
+            min_size=STRIDE,
+        )
+        self.decoder = decoder
+
+
+# Per variant: width, extra stem convs, classifier pooling, drop path for ImageNet / ADE20K.
+_VARIANTS = {
+    "l1": dict(embed_dim=216, num_stem_convs=0, global_pool="group", drop_path=(0.2, 0.1)),
+    "l2": dict(embed_dim=348, num_stem_convs=1, global_pool="group", drop_path=(0.2, 0.1)),
+    "l3": dict(embed_dim=432, num_stem_convs=1, global_pool="avg", drop_path=(0.3, 0.2)),
+    "l4": dict(embed_dim=624, num_stem_convs=2, global_pool="avg", drop_path=(0.3, 0.2)),
+}
+_PAPER = {  # params of the full classifier, GFLOPs @224, UperNet / SegFormer-head segmentor params (M)
+    "l1": (9_589_848, 6.13, 37, 9),
+    "l2": (24_162_680, 15.70, 53, 24),
+    "l3": (36_654_056, 23.50, 66, 36),
+    "l4": (75_484_456, 48.24, 107, 76),
+}
+
+
+def _backbone_args(variant: str, task: int) -> dict[str, Any]:
+    args = dict(_VARIANTS[variant])
+    args["drop_path_rate"] = args.pop("drop_path")[task]
+    return args
+
+
+def _classifier(variant: str, pretrained: bool, kwargs: dict[str, Any]) -> GPViT:
+    kwargs = drop_timm_factory_kwargs(pretrained, kwargs)
+    return GPViT(**{**_backbone_args(variant, 0), **kwargs})
+
+
+def _segmentor(variant: str, decoder: str, pretrained: bool, kwargs: dict[str, Any]) -> GPViTSegmentor:
+    kwargs = drop_timm_factory_kwargs(pretrained, kwargs)
+    head_args = {k: kwargs.pop(k) for k in ("num_classes", "aux_weight", "aux_heads") if k in kwargs}
+    backbone_args = {**_backbone_args(variant, 1), "out_indices": (2, 5, 8, 11), **kwargs}
+    backbone = GPViT(**{**backbone_args, "num_classes": 0, "global_pool": ""})
+    return GPViTSegmentor(backbone=backbone, decoder=decoder, **{"num_classes": 150, **head_args})
+
+
+_CLS_NOTE = (
+    "GPViT classifiers: the README's 9.3/23.8/36.2/75.4M are inconsistent (some backbone-only, some "
+    "not); shown are the full classifiers of the released code (= mmpretrain's metafile), GFLOPs as "
+    "measured by mmpretrain. Our counts are exact."
+)
+_SEG_NOTE = (
+    "GPViT segmentors: the README gives whole millions, mostly cut off rather than rounded (36.97M is "
+    "listed as 36M, 9.85M as 9M, but 75.81M as 76M); the official configs built with 150 classes have "
+    "exactly the counts shown here (tests/test_gpvit.py)."
+)
+
+
+def _classifier_figures(variant: str) -> PaperFigures:
+    params, gflops, _, _ = _PAPER[variant]
+    return PaperFigures("GPViT README", 224, 1000, params_m=params / 1e6, gflops=gflops, note=_CLS_NOTE)
+
+
+def _segmentor_figures(variant: str, decoder: str) -> PaperFigures:
+    params = _PAPER[variant][2 if decoder == "upernet" else 3]
+    return PaperFigures("GPViT README, ADE20K", 512, 150, params_m=params, note=_SEG_NOTE)
+
+
+_gpvit = partial(register, family="GPViT")
+
+
+@_gpvit(task="classification", paper=_classifier_figures("l1"))
+def gpvit_l1(pretrained: bool = False, **kwargs: Any) -> GPViT:
+    return _classifier("l1", pretrained, kwargs)
+
+
+@_gpvit(task="classification", paper=_classifier_figures("l2"))
+def gpvit_l2(pretrained: bool = False, **kwargs: Any) -> GPViT:
+    return _classifier("l2", pretrained, kwargs)
+
+
+@_gpvit(task="classification", paper=_classifier_figures("l3"))
+def gpvit_l3(pretrained: bool = False, **kwargs: Any) -> GPViT:
+    return _classifier("l3", pretrained, kwargs)
+
+
+@_gpvit(task="classification", paper=_classifier_figures("l4"))
+def gpvit_l4(pretrained: bool = False, **kwargs: Any) -> GPViT:
+    return _classifier("l4", pretrained, kwargs)
+
+
+@_gpvit(task="segmentation", paper=_segmentor_figures("l1", "upernet"))
+def gpvit_l1_upernet(pretrained: bool = False, **kwargs: Any) -> GPViTSegmentor:
+    return _segmentor("l1", "upernet", pretrained, kwargs)
+
+
+@_gpvit(task="segmentation", paper=_segmentor_figures("l2", "upernet"))
+def gpvit_l2_upernet(pretrained: bool = False, **kwargs: Any) -> GPViTSegmentor:
+    return _segmentor("l2", "upernet", pretrained, kwargs)
+
+
+@_gpvit(task="segmentation", paper=_segmentor_figures("l3", "upernet"))
+def gpvit_l3_upernet(pretrained: bool = False, **kwargs: Any) -> GPViTSegmentor:
+    return _segmentor("l3", "upernet", pretrained, kwargs)
+
+
+@_gpvit(task="segmentation", paper=_segmentor_figures("l4", "upernet"))
+def gpvit_l4_upernet(pretrained: bool = False, **kwargs: Any) -> GPViTSegmentor:
+    return _segmentor("l4", "upernet", pretrained, kwargs)
+
+
+@_gpvit(task="segmentation", paper=_segmentor_figures("l1", "segformer"))
+def gpvit_l1_segformer(pretrained: bool = False, **kwargs: Any) -> GPViTSegmentor:
+    return _segmentor("l1", "segformer", pretrained, kwargs)
+
+
+@_gpvit(task="segmentation", paper=_segmentor_figures("l2", "segformer"))
+def gpvit_l2_segformer(pretrained: bool = False, **kwargs: Any) -> GPViTSegmentor:
+    return _segmentor("l2", "segformer", pretrained, kwargs)
+
+
+@_gpvit(task="segmentation", paper=_segmentor_figures("l3", "segformer"))
+def gpvit_l3_segformer(pretrained: bool = False, **kwargs: Any) -> GPViTSegmentor:
+    return _segmentor("l3", "segformer", pretrained, kwargs)
+
+
+@_gpvit(task="segmentation", paper=_segmentor_figures("l4", "segformer"))
+def gpvit_l4_segformer(pretrained: bool = False, **kwargs: Any) -> GPViTSegmentor:
+    return _segmentor("l4", "segformer", pretrained, kwargs)
