@@ -23,10 +23,16 @@ class AttentionMap:
     ``kind`` says how to read ``probs`` (image tokens in row-major order of ``grid``):
 
     - ``"self"``: (B, heads, N, N) over ``num_prefix_tokens`` prefix tokens followed by the grid.
-    - ``"stripe"``: (B, heads, windows, L, L) inside the ``window`` = (rows, cols) stripes that
-      tile the grid row-major (the grid padded up to whole stripes; padded keys get zero weight).
+    - ``"window"``: (B, heads, groups, L, L) inside windows of ``window`` = (rows, cols) tokens
+      that tile the grid (padded up to whole windows) row-major: GPViT's stripes, HLG's plain
+      windows. ``key_grid`` is the (rows, cols) grid of windows.
+    - ``"dilated"``: as "window", but group (r, s) of the ``key_grid`` holds the tokens
+      (r + i * key_grid[0], s + j * key_grid[1]): HLG's dilated groups.
+    - ``"global"``: (B, heads, N, groups): each token's attention over the groups of ``key_grid``.
     - ``"grouping"``: (B, heads, G, N), each group token's distribution over the image tokens.
     - ``"ungrouping"``: (B, heads, N, G), each image token's distribution over the groups.
+
+    Padded keys get zero weight where the model masks them.
     """
 
     probs: torch.Tensor
@@ -34,6 +40,7 @@ class AttentionMap:
     grid: tuple[int, int]
     num_prefix_tokens: int = 0
     window: tuple[int, int] | None = None
+    key_grid: tuple[int, int] | None = None
 
     def _check_token(self, row: int, col: int) -> None:
         rows, cols = self.grid
@@ -43,7 +50,8 @@ class AttentionMap:
     def query_map(self, row: int, col: int) -> torch.Tensor:
         """Where the image token at (row, col) looks: (B, heads, rows, cols), prefix keys left out.
 
-        For group attention this is the token's distribution over groups: (B, heads, G).
+        For ungrouping attention it is the token's distribution over groups, (B, heads, G); for HLG's
+        global attention its distribution over the window tokens, (B, heads, *key_grid).
         """
         self._check_token(row, col)
         rows, cols = self.grid
@@ -51,19 +59,31 @@ class AttentionMap:
             query = self.num_prefix_tokens + row * cols + col
             keys = self.probs[:, :, query, self.num_prefix_tokens :]
             return keys.reshape(*keys.shape[:2], rows, cols)
-        if self.kind == "stripe":
-            win_rows, win_cols = self.window
-            windows_per_row = -(-cols // win_cols)
-            window = (row // win_rows) * windows_per_row + col // win_cols
-            query = (row % win_rows) * win_cols + col % win_cols
+        if self.kind in ("window", "dilated"):
+            (win_rows, win_cols), (groups_r, groups_c) = self.window, self.key_grid
             batch, heads = self.probs.shape[:2]
-            full = self.probs.new_zeros(
-                batch, heads, -(-rows // win_rows) * win_rows, windows_per_row * win_cols
-            )
-            top, left = row - row % win_rows, col - col % win_cols
-            stripe = self.probs[:, :, window, query].reshape(batch, heads, win_rows, win_cols)
-            full[:, :, top : top + win_rows, left : left + win_cols] = stripe
+            if self.kind == "window":  # group: which window; position: where inside it
+                group, g_r, g_c = (
+                    (row // win_rows) * groups_c + col // win_cols,
+                    row % win_rows,
+                    col % win_cols,
+                )
+            else:  # group: the residue of the position; position: the quotient
+                group, g_r, g_c = (
+                    (row % groups_r) * groups_c + col % groups_c,
+                    row // groups_r,
+                    col // groups_c,
+                )
+            keys = self.probs[:, :, group, g_r * win_cols + g_c].reshape(batch, heads, win_rows, win_cols)
+            full = keys.new_zeros(batch, heads, win_rows * groups_r, win_cols * groups_c)
+            if self.kind == "window":
+                top, left = row - g_r, col - g_c
+                full[:, :, top : top + win_rows, left : left + win_cols] = keys
+            else:
+                full[:, :, row % groups_r :: groups_r, col % groups_c :: groups_c] = keys
             return full[:, :, :rows, :cols]
+        if self.kind == "global":
+            return self.probs[:, :, row * cols + col].reshape(*self.probs.shape[:2], *self.key_grid)
         if self.kind == "ungrouping":
             return self.probs[:, :, row * cols + col]
         raise ValueError(

@@ -477,7 +477,9 @@ def _stripe_map(module: StripeAttention, args: tuple, image_size: tuple[int, int
     q_s, k_s, _ = module.stripes(q, k, v, grid)
     probs = attention_probs(q_s, k_s, module.key_mask(grid, q.shape[0], q.device))
     probs = probs.reshape(q.shape[0], -1, *probs.shape[1:]).transpose(1, 2)  # (B, heads, windows, L, L)
-    return AttentionMap(probs, "stripe", tuple(grid), window=module.window(grid))
+    window = module.window(grid)
+    key_grid = (-(-grid[0] // window[0]), -(-grid[1] // window[1]))
+    return AttentionMap(probs, "window", tuple(grid), window=window, key_grid=key_grid)
 
 
 class GPViTSegmentor(Segmentor):
