@@ -37,3 +37,17 @@ def tiny_gpvit_segmentor(decoder: str, num_classes: int = 5, **overrides):
         num_classes=num_classes,
         **{**TINY_GPVIT, "out_indices": (0, 1, 2, 3), **overrides},
     )
+
+
+TINY_HLG = dict(dims=(32, 64, 128, 256), heads=(1, 2, 2, 4), depths=(2, 2, 2, 2))
+
+
+def tiny_hlg(num_classes: int = 5, **overrides):
+    """A two-layers-per-stage HLG classifier, 32 to 256 wide."""
+    from workbench.models.hlg import hlg_tiny
+
+    return hlg_tiny(num_classes=num_classes, **{**TINY_HLG, **overrides})
+
+
+def tiny_setr_hlg(num_classes: int = 5, **overrides):
+    return create_segmentor("setr_hlg_small", num_classes=num_classes, **{**TINY_HLG, **overrides})

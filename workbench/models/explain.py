@@ -113,10 +113,18 @@ class AttentionSite:
     compute: ComputeMap
 
 
-def attention_probs(q: torch.Tensor, k: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """softmax(q k^T / sqrt(d)) for (..., Nq, d) and (..., Nk, d); ``key_mask`` False keys get weight 0."""
+def attention_probs(
+    q: torch.Tensor, k: torch.Tensor, key_mask: torch.Tensor | None = None, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d) + bias) for q (B, heads, Nq, d), k (B, heads, Nk, d), bias (heads, Nq, Nk).
+
+    ``key_mask`` (B, Nk) or (B, 1, 1, Nk): keys marked False get weight 0.
+    """
     logits = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
+    if bias is not None:
+        logits = logits + bias
     if key_mask is not None:
+        key_mask = key_mask if key_mask.ndim == 4 else key_mask[:, None, None, :]
         logits = logits.masked_fill(~key_mask, float("-inf"))
     return logits.softmax(dim=-1)
 
