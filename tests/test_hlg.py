@@ -85,9 +85,12 @@ def test_groups_split_and_merge(grid, dilated):
 
 def test_position_bias_table_equals_direct_evaluation():
     bias = hlg.DynamicPositionBias(4, 3)
-    queries, keys = _grid_coords(5, 6, "cpu"), torch.tensor([[3, 3], [3, 10], [10, 3]])
-    table = bias.bias(queries, keys, (5, 6), (14, 14), unit=7)
+    key_rows, key_cols = torch.tensor([3, 10]), torch.tensor([3, 10, 17])
+    table = bias.bias((5, 6), key_rows, key_cols, (14, 21), unit=7)
+    queries = _grid_coords(5, 6, "cpu")
+    keys = torch.stack(torch.meshgrid(key_rows, key_cols, indexing="ij"), -1).reshape(-1, 2)
     direct = bias((queries[:, None] - keys[None]).float() / 7).permute(2, 0, 1)
+    assert table.shape == (3, 30, 6)
     torch.testing.assert_close(table, direct)
 
 

@@ -94,27 +94,30 @@ class DynamicPositionBias(nn.Module):
 
     def bias(
         self,
-        query_coords: torch.Tensor,
-        key_coords: torch.Tensor,
-        query_bounds: tuple[int, int],
+        query_grid: tuple[int, int],
+        key_rows: torch.Tensor,
+        key_cols: torch.Tensor,
         key_bounds: tuple[int, int],
         unit: int = 1,
     ) -> torch.Tensor:
-        """Bias (heads, Nq, Nk) between integer positions inside ``query_bounds`` and ``key_bounds``.
+        """Bias (heads, Nq, Nk) from every token of ``query_grid`` to every key of the product grid
+        ``key_rows`` x ``key_cols`` (integer positions below ``key_bounds``), offsets divided by ``unit``.
 
-        The MLP runs once per distinct offset (a table), not once per query-key pair.
+        The MLP runs once per distinct offset (a table) and the table is gathered by row and by column
+        offset separately, so no (Nq, Nk) index is ever built.
         """
-        rows, cols = query_bounds[0] + key_bounds[0] - 1, query_bounds[1] + key_bounds[1] - 1
-        offsets = _grid_coords(rows, cols, query_coords.device) - torch.tensor(
-            [key_bounds[0] - 1, key_bounds[1] - 1], device=query_coords.device
+        device = key_rows.device
+        rows, cols = query_grid[0] + key_bounds[0] - 1, query_grid[1] + key_bounds[1] - 1
+        offsets = _grid_coords(rows, cols, device) - torch.tensor(
+            [key_bounds[0] - 1, key_bounds[1] - 1], device=device
         )
-        table = self(offsets.to(self.pos_proj.weight.dtype) / unit)  # (rows * cols, heads)
-        delta = (
-            query_coords[:, None]
-            - key_coords[None]
-            + torch.tensor([key_bounds[0] - 1, key_bounds[1] - 1], device=query_coords.device)
+        table = self(offsets.to(self.pos_proj.weight.dtype) / unit).reshape(rows, cols, -1)
+        row_index = torch.arange(query_grid[0], device=device)[:, None] - key_rows[None] + key_bounds[0] - 1
+        col_index = torch.arange(query_grid[1], device=device)[:, None] - key_cols[None] + key_bounds[1] - 1
+        bias = table[row_index[:, None, :, None], col_index[None, :, None, :]]  # (Hq, Wq, Hk, Wk, heads)
+        return bias.reshape(query_grid[0] * query_grid[1], key_rows.numel() * key_cols.numel(), -1).permute(
+            2, 0, 1
         )
-        return table[delta[..., 0] * cols + delta[..., 1]].permute(2, 0, 1)
 
 
 @dataclass(frozen=True)
@@ -171,15 +174,26 @@ class Groups:
         real = self.pad(torch.ones(1, *self.grid, 1, dtype=torch.bool, device=device))
         return self.split(real).squeeze(-1).repeat(batch, 1)
 
-    def centroids(self, device: torch.device) -> torch.Tensor:
-        """(groups, 2) mean token position of each group, rounded down."""
+    def centroids(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean token row of each row of groups and mean column of each column, rounded down."""
         (sr, sc), (cr, cc) = self.size, self.count
-        index = _grid_coords(cr, cc, device)
+        rows, cols = torch.arange(cr, device=device), torch.arange(cc, device=device)
         if self.dilated:
-            return index + torch.tensor([cr * (sr - 1) // 2, cc * (sc - 1) // 2], device=device)
-        return index * torch.tensor([sr, sc], device=device) + torch.tensor(
-            [(sr - 1) // 2, (sc - 1) // 2], device=device
-        )
+            return rows + cr * (sr - 1) // 2, cols + cc * (sc - 1) // 2
+        return rows * sr + (sr - 1) // 2, cols * sc + (sc - 1) // 2
+
+
+def _local_bias(position_bias: DynamicPositionBias, groups: Groups, device: torch.device) -> torch.Tensor:
+    """(heads, L, L) bias between the positions inside a group (group-grid units)."""
+    rows, cols = groups.size
+    return position_bias.bias(
+        groups.size, torch.arange(rows, device=device), torch.arange(cols, device=device), groups.size
+    )
+
+
+def _global_bias(position_bias: DynamicPositionBias, groups: Groups, device: torch.device) -> torch.Tensor:
+    """(heads, H*W, groups) bias from every token to every group's centroid, in windows (D17)."""
+    return position_bias.bias(groups.grid, *groups.centroids(device), groups.padded, WINDOW)
 
 
 def _biased_attention(
@@ -202,8 +216,7 @@ class LocalAttention(nn.Module):
         self.position_bias = DynamicPositionBias(dim // 16, num_heads)
 
     def bias(self, groups: Groups, device: torch.device) -> torch.Tensor:
-        coords = _grid_coords(*groups.size, device)
-        return self.position_bias.bias(coords, coords, groups.size, groups.size)
+        return _local_bias(self.position_bias, groups, device)
 
     def forward(self, q, k, v, groups: Groups, real_keys: torch.Tensor | None) -> torch.Tensor:
         """q, k, v (B * groups, L, C) -> (B * groups, L, C)."""
@@ -221,10 +234,10 @@ class GlobalAttention(nn.Module):
 
     def bias(self, grid: tuple[int, int], groups: Groups | None, device: torch.device) -> torch.Tensor:
         """Token-to-group bias (D17), or token-to-token on ``grid`` when ``groups`` is None."""
-        tokens = _grid_coords(*grid, device)
         if groups is None:
-            return self.position_bias.bias(tokens, tokens, grid, grid)
-        return self.position_bias.bias(tokens, groups.centroids(device), grid, groups.padded, WINDOW)
+            rows, cols = torch.arange(grid[0], device=device), torch.arange(grid[1], device=device)
+            return self.position_bias.bias(grid, rows, cols, grid)
+        return _global_bias(self.position_bias, groups, device)
 
     def forward(self, q, k, v, grid: tuple[int, int], groups: Groups | None) -> torch.Tensor:
         """q (B, H*W, C) on ``grid``; k, v (B, groups, C) for ``groups``, or (B, H*W, C) when None."""
@@ -515,17 +528,13 @@ class HeadAttention(nn.Module):
 
     def local(self, tokens: torch.Tensor, groups: Groups) -> torch.Tensor:
         """(B * groups, L, C) -> (B * groups, L, C)."""
-        coords = _grid_coords(*groups.size, tokens.device)
-        bias = self.position_bias.bias(coords, coords, groups.size, groups.size)
+        bias = _local_bias(self.position_bias, groups, tokens.device)
         k, v = self.kv(tokens).chunk(2, dim=-1)
         return self.proj(_biased_attention(self.q(tokens), k, v, self.num_heads, bias, None))
 
     def cross(self, tokens: torch.Tensor, windows: torch.Tensor, groups: Groups) -> torch.Tensor:
         """tokens (B, H*W, C) onto window tokens (B, groups, C) -> (B, H*W, C)."""
-        grid_coords = _grid_coords(*groups.grid, tokens.device)
-        bias = self.position_bias.bias(
-            grid_coords, groups.centroids(tokens.device), groups.grid, groups.padded, WINDOW
-        )
+        bias = _global_bias(self.position_bias, groups, tokens.device)
         k, v = self.kv(self.window_norm(windows)).chunk(2, dim=-1)
         return self.proj(_biased_attention(self.q(tokens), k, v, self.num_heads, bias, None))
 
