@@ -1,4 +1,10 @@
-"""Renaming state-dict keys between two layouts with ordered, dot-segment-bounded substitutions."""
+"""Renaming state-dict keys between two layouts with one ordered table of name templates.
+
+A template is a dotted name fragment; ``{n}`` stands for a number, a leading ``^`` anchors it at the
+start of the key, a trailing ``$`` at the end, and otherwise it matches only where a dot-separated
+segment starts (so ``grouping.`` does not match inside ``ungrouping.``). The same table renames both
+ways, most specific entries first.
+"""
 
 from __future__ import annotations
 
@@ -7,20 +13,33 @@ from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
-Renames = Sequence[tuple[str, str]]
+
+def _compile(template: str) -> tuple[re.Pattern, str]:
+    body = template.removeprefix("^").removesuffix("$")
+    regex = re.escape(body).replace(re.escape("{n}"), r"(\d+)")
+    start = "^" if template.startswith("^") else r"(?:^|(?<=\.))"
+    end = "$" if template.endswith("$") else ""
+    return re.compile(start + regex + end), body.replace("{n}", r"\1")
 
 
-def _segment(pattern: str) -> re.Pattern:
-    """Match ``pattern`` only where a dot-separated segment starts (so 'grouping.' misses 'ungrouping.')."""
-    if pattern.startswith("^"):
-        return re.compile(pattern)
-    return re.compile(r"(?:^|(?<=\.))" + pattern)
+class KeyMap:
+    """Ordered (ours, theirs) template pairs; ``to_theirs`` and ``to_ours`` apply them in order."""
 
+    def __init__(self, pairs: Sequence[tuple[str, str]]) -> None:
+        self._forward = [(_compile(ours)[0], _compile(theirs)[1]) for ours, theirs in pairs]
+        self._backward = [(_compile(theirs)[0], _compile(ours)[1]) for ours, theirs in pairs]
 
-def rename_key(key: str, renames: Renames) -> str:
-    for pattern, replacement in renames:
-        key = _segment(pattern).sub(replacement, key)
-    return key
+    @staticmethod
+    def _apply(key: str, rules: list[tuple[re.Pattern, str]]) -> str:
+        for pattern, replacement in rules:
+            key = pattern.sub(replacement, key)
+        return key
+
+    def to_theirs(self, key: str) -> str:
+        return self._apply(key, self._forward)
+
+    def to_ours(self, key: str) -> str:
+        return self._apply(key, self._backward)
 
 
 def rename_keys(

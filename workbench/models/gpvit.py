@@ -52,7 +52,13 @@ from torch import nn
 from workbench.models.explain import AttentionMap, AttentionSite, attention_probs
 from workbench.models.heads import FCNHead, SegFormerHead, UPerHead
 from workbench.models.layers import merge_heads, split_heads
-from workbench.models.registry import PaperFigures, drop_timm_factory_kwargs, register
+from workbench.models.registry import (
+    PaperFigures,
+    drop_timm_factory_kwargs,
+    pop_keys,
+    register,
+    variant_kwargs,
+)
 from workbench.models.segmentor import Segmentor
 
 STRIDE = 8
@@ -534,21 +540,17 @@ _PAPER = {  # params of the full classifier, GFLOPs @224, UperNet / SegFormer-he
 }
 
 
-def _backbone_args(variant: str, task: int) -> dict[str, Any]:
-    args = dict(_VARIANTS[variant])
-    args["drop_path_rate"] = args.pop("drop_path")[task]
-    return args
+_SEGMENTOR_KEYS = ("num_classes", "aux_weight", "aux_heads")
 
 
 def _classifier(variant: str, pretrained: bool, kwargs: dict[str, Any]) -> GPViT:
-    kwargs = drop_timm_factory_kwargs(pretrained, kwargs)
-    return GPViT(**{**_backbone_args(variant, 0), **kwargs})
+    return GPViT(**variant_kwargs(_VARIANTS[variant], 0, drop_timm_factory_kwargs(pretrained, kwargs)))
 
 
 def _segmentor(variant: str, decoder: str, pretrained: bool, kwargs: dict[str, Any]) -> GPViTSegmentor:
     kwargs = drop_timm_factory_kwargs(pretrained, kwargs)
-    head_args = {k: kwargs.pop(k) for k in ("num_classes", "aux_weight", "aux_heads") if k in kwargs}
-    backbone_args = {**_backbone_args(variant, 1), "out_indices": (2, 5, 8, 11), **kwargs}
+    head_args = pop_keys(kwargs, _SEGMENTOR_KEYS)
+    backbone_args = variant_kwargs(_VARIANTS[variant], 1, {"out_indices": (2, 5, 8, 11), **kwargs})
     backbone = GPViT(**{**backbone_args, "num_classes": 0, "global_pool": ""})
     return GPViTSegmentor(backbone=backbone, decoder=decoder, **{"num_classes": 150, **head_args})
 

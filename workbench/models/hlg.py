@@ -65,7 +65,13 @@ from torch import nn
 from workbench.models.explain import AttentionMap, AttentionSite, attention_probs
 from workbench.models.heads import FCNHead
 from workbench.models.layers import merge_heads, resize, split_heads
-from workbench.models.registry import PaperFigures, drop_timm_factory_kwargs, register
+from workbench.models.registry import (
+    PaperFigures,
+    drop_timm_factory_kwargs,
+    pop_keys,
+    register,
+    variant_kwargs,
+)
 from workbench.models.segmentor import Segmentor
 
 WINDOW = 7
@@ -638,7 +644,7 @@ _VARIANTS = {  # dims, heads, depths; drop path for ImageNet / segmentation
         dims=(128, 256, 512, 1024), heads=(4, 8, 16, 32), depths=(2, 2, 18, 2), drop_path=(0.2, 0.3)
     ),
 }
-_PAPER = {  # README: params (M), GFLOPs @224; Cityscapes and ADE20K mIoU of SETR-HLG
+_PAPER = {  # README: params (M), GFLOPs @224
     "tiny": (11, 2.1),
     "small": (24, 4.7),
     "medium": (43, 9.0),
@@ -646,20 +652,14 @@ _PAPER = {  # README: params (M), GFLOPs @224; Cityscapes and ADE20K mIoU of SET
 }
 
 
-def _backbone_args(variant: str, task: int, kwargs: dict[str, Any]) -> dict[str, Any]:
-    args = dict(_VARIANTS[variant])
-    args["drop_path_rate"] = args.pop("drop_path")[task]
-    return {**args, **kwargs}
-
-
 def _classifier(variant: str, pretrained: bool, kwargs: dict[str, Any]) -> HLG:
-    return HLG(**_backbone_args(variant, 0, drop_timm_factory_kwargs(pretrained, kwargs)))
+    return HLG(**variant_kwargs(_VARIANTS[variant], 0, drop_timm_factory_kwargs(pretrained, kwargs)))
 
 
 def _segmentor(variant: str, pretrained: bool, kwargs: dict[str, Any]) -> SETRHLG:
     kwargs = drop_timm_factory_kwargs(pretrained, kwargs)
-    head_args = {k: kwargs.pop(k) for k in ("num_classes", "aux_weight", "aux_heads") if k in kwargs}
-    backbone = HLG(**_backbone_args(variant, 1, kwargs), num_classes=0, global_pool="")
+    head_args = pop_keys(kwargs, ("num_classes", "aux_weight", "aux_heads"))
+    backbone = HLG(**variant_kwargs(_VARIANTS[variant], 1, kwargs), num_classes=0, global_pool="")
     return SETRHLG(backbone=backbone, **{"num_classes": 19, **head_args})
 
 

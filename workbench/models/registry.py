@@ -84,6 +84,18 @@ def drop_timm_factory_kwargs(pretrained: bool, kwargs: dict[str, Any]) -> dict[s
 FAMILIES = ("SETR", "GPViT", "HLG")
 
 
+def variant_kwargs(variant: dict[str, Any], task: int, overrides: dict[str, Any]) -> dict[str, Any]:
+    """A variant's constructor arguments with the drop-path rate of ``task`` (0: ImageNet, 1: dense
+    prediction; ``variant["drop_path"]`` holds both), then ``overrides``."""
+    args = {k: v for k, v in variant.items() if k != "drop_path"}
+    return {**args, "drop_path_rate": variant["drop_path"][task], **overrides}
+
+
+def pop_keys(kwargs: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    """Remove ``keys`` from ``kwargs`` and return those present (e.g. head arguments of a segmentor)."""
+    return {key: kwargs.pop(key) for key in keys if key in kwargs}
+
+
 def list_models(task: str | None = None, family: str | None = None) -> list[str]:
     """Names of the registered models, family by family, optionally filtered."""
     ordered = sorted(_MODELS.values(), key=lambda info: FAMILIES.index(info.family))
