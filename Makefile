@@ -12,7 +12,7 @@ export MPLBACKEND := Agg
 .PHONY: demo test lint format clean
 
 demo: $(VENV)/.installed
-	$(BIN)/workbench models
+	$(BIN)/workbench demo
 
 test: $(VENV)/.installed-test
 	$(BIN)/ruff check .

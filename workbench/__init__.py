@@ -1,7 +1,8 @@
 """A research workbench for vision transformers that do dense prediction: SETR, HLG and GPViT."""
 
 from workbench import viz
+from workbench.engine import Predictor, train
 from workbench.models import Segmentor, create_segmentor, list_models
 
 __version__ = "0.1.0"
-__all__ = ["Segmentor", "__version__", "create_segmentor", "list_models", "viz"]
+__all__ = ["Predictor", "Segmentor", "__version__", "create_segmentor", "list_models", "train", "viz"]

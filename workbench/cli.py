@@ -6,7 +6,9 @@ import argparse
 import fnmatch
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
+from workbench.engine.distributed import is_main
 from workbench.models import list_models, model_info
 from workbench.models.complexity import build_on_meta, count_gmacs, count_params
 
@@ -66,16 +68,103 @@ def models_table(pattern: str = "*") -> str:
     return "\n".join(lines)
 
 
+def metrics_table(metrics: dict) -> str:
+    """Per-class IoU / accuracy and the summary figures (or top-1 / top-5 for classifiers), as text."""
+    if "IoU" not in metrics:
+        return "  ".join(f"{k} {v:.2f}" for k, v in metrics.items())
+    width = max(len(name) for name in metrics["IoU"])
+    lines = [f"{'class'.ljust(width)}    IoU    Acc"]
+    for name, iou in metrics["IoU"].items():
+        lines.append(f"{name.ljust(width)}  {iou:5.2f}  {metrics['Acc'][name]:5.2f}")
+    lines.append(f"mIoU {metrics['mIoU']:.2f}  aAcc {metrics['aAcc']:.2f}  mAcc {metrics['mAcc']:.2f}")
+    return "\n".join(lines)
+
+
+def _train(args: argparse.Namespace) -> None:
+    from workbench.config import load_config
+    from workbench.engine import train
+
+    cfg = load_config(args.config, args.overrides)
+    resume = {"auto": "auto", "none": False}.get(args.resume, args.resume)
+    result = train(cfg, resume=resume)
+    if "metrics" in result and is_main():
+        print(metrics_table(result["metrics"]))
+
+
+def _eval(args: argparse.Namespace) -> None:
+    from workbench.config import load_config
+    from workbench.engine import build_model, load_weights
+    from workbench.engine.distributed import setup
+    from workbench.engine.train import build_task_datasets, evaluate_task
+
+    cfg = load_config(args.config, args.overrides)
+    rank, world, device = setup()
+    model = build_model(cfg)
+    load_weights(model, args.checkpoint, ema=args.ema)
+    _, val_set = build_task_datasets(cfg)
+    metrics = evaluate_task(cfg, model.to(device), val_set, device, rank, world)
+    if is_main():
+        print(metrics_table(metrics))
+
+
+def _predict(args: argparse.Namespace) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from workbench.data.datasets import read_image
+    from workbench.engine import Predictor
+
+    predictor = Predictor.from_checkpoint(args.checkpoint)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for path in map(Path, args.images):
+        image = read_image(path)
+        prediction = predictor(image)
+        Image.fromarray(prediction.colorize()).save(out / f"{path.stem}_mask.png")
+        Image.fromarray(prediction.overlay(image)).save(out / f"{path.stem}_overlay.png")
+        Image.fromarray(prediction.labels.astype(np.uint8)).save(out / f"{path.stem}_labels.png")
+        print(f"{path} -> {out / path.stem}_{{mask,overlay,labels}}.png")
+
+
+def _demo(args: argparse.Namespace) -> None:
+    from workbench.demo import demo_checkpoint, demo_metrics
+
+    checkpoint = demo_checkpoint(args.config, retrain=args.retrain)
+    print(f"demo checkpoint: {checkpoint}")
+    print(metrics_table(demo_metrics(checkpoint)))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="workbench", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     models = commands.add_parser("models", help="table of every registered model against its paper")
     models.add_argument("pattern", nargs="?", default="*", help="glob on model names, e.g. 'setr_*_base'")
+    train = commands.add_parser("train", help="train a segmentor (torchrun for several processes)")
+    train.add_argument("config", help="YAML config, e.g. configs/demo_gpvit.yaml")
+    train.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=1e-3 iters=200")
+    train.add_argument(
+        "--resume", default="auto", help="auto (newest checkpoint of work_dir), none, or a checkpoint"
+    )
+    evaluate = commands.add_parser("eval", help="evaluate a checkpoint on the config's validation split")
+    evaluate.add_argument("config")
+    evaluate.add_argument("overrides", nargs="*")
+    evaluate.add_argument("--checkpoint", required=True, help="checkpoint folder or run folder")
+    evaluate.add_argument("--ema", action="store_true", help="evaluate the EMA weights")
+    predict = commands.add_parser("predict", help="write coloured masks and overlays for images")
+    predict.add_argument("images", nargs="+")
+    predict.add_argument("--checkpoint", required=True)
+    predict.add_argument("--out", default="predictions")
+    demo = commands.add_parser("demo", help="train (once, cached) and evaluate the demo model")
+    demo.add_argument("--config", default="configs/demo_gpvit.yaml")
+    demo.add_argument("--retrain", action="store_true")
     args = parser.parse_args(argv)
+    handlers = {"train": _train, "eval": _eval, "predict": _predict, "demo": _demo}
     try:
         if args.command == "models":
             print(models_table(args.pattern))
-    except ValueError as error:
+        else:
+            handlers[args.command](args)
+    except (ValueError, FloatingPointError) as error:
         print(f"workbench: {error}", file=sys.stderr)
         return 2
     return 0

@@ -499,15 +499,16 @@ class GPViTSegmentor(Segmentor):
         num_classes: int,
         aux_weight: float = 0.4,
         aux_heads: bool = True,
+        dropout: float = 0.1,
     ) -> None:
         if not isinstance(num_classes, int) or num_classes < 1:
             raise ValueError(f"num_classes must be an integer >= 1, got {num_classes!r}")
         widths = [backbone.embed_dim] * len(backbone.out_indices)
         if decoder == "upernet":
-            decode_head: nn.Module = UPerHead(widths, num_classes, channels=512)
-            aux = [FCNHead(widths[-1], num_classes, channels=256)] if aux_heads else []
+            decode_head: nn.Module = UPerHead(widths, num_classes, channels=512, dropout=dropout)
+            aux = [FCNHead(widths[-1], num_classes, channels=256, dropout=dropout)] if aux_heads else []
         elif decoder == "segformer":
-            decode_head, aux = SegFormerHead(widths, num_classes, channels=256), []
+            decode_head, aux = SegFormerHead(widths, num_classes, channels=256, dropout=dropout), []
         else:
             raise ValueError(f"decoder must be 'upernet' or 'segformer', got {decoder!r}")
         super().__init__(
@@ -540,7 +541,7 @@ _PAPER = {  # params of the full classifier, GFLOPs @224, UperNet / SegFormer-he
 }
 
 
-_SEGMENTOR_KEYS = ("num_classes", "aux_weight", "aux_heads")
+_SEGMENTOR_KEYS = ("num_classes", "aux_weight", "aux_heads", "dropout")
 
 
 def _classifier(variant: str, pretrained: bool, kwargs: dict[str, Any]) -> GPViT:

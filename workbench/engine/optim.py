@@ -1,0 +1,63 @@
+"""Optimisers with the recipes' parameter groups, and the learning rate as a pure function of the step."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from workbench.config import OptimConfig, ScheduleConfig
+
+
+def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
+    """Four groups: (head or not) x (weight decay or not). ``lr_mult`` scales each group's LR.
+
+    Head: any parameter whose name contains "head" (decode and auxiliary heads; mmseg's rule).
+    No decay: names containing one of ``cfg.no_decay`` (norms, biases, position embeddings, tokens).
+    """
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        head = "head" in name
+        decay = not any(key in name for key in cfg.no_decay) and param.ndim > 1
+        groups.setdefault((head, decay), []).append(param)
+    return [
+        {
+            "params": params,
+            "lr_mult": cfg.head_lr_mult if head else 1.0,
+            "weight_decay": cfg.weight_decay if decay else 0.0,
+        }
+        for (head, decay), params in sorted(groups.items())
+    ]
+
+
+def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+    groups = param_groups(model, cfg)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas))
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+    raise ValueError(f"optim.optimizer must be 'adamw' or 'sgd', got {cfg.optimizer!r}")
+
+
+def learning_rate(step: int, total: int, base_lr: float, cfg: ScheduleConfig) -> float:
+    """LR at optimiser step ``step`` of ``total``: warm-up, then poly / cosine / constant."""
+    progress = min(step, total) / max(total, 1)
+    if cfg.policy == "poly":
+        lr = (base_lr - cfg.min_lr) * (1 - progress) ** cfg.power + cfg.min_lr
+    elif cfg.policy == "cosine":
+        lr = cfg.min_lr + 0.5 * (base_lr - cfg.min_lr) * (1 + math.cos(math.pi * progress))
+    elif cfg.policy == "constant":
+        lr = base_lr
+    else:
+        raise ValueError(f"schedule.policy must be poly, cosine or constant, got {cfg.policy!r}")
+    if step < cfg.warmup_iters:  # linear warm-up from warmup_ratio x the scheduled LR (mmcv)
+        lr *= 1 - (1 - step / cfg.warmup_iters) * (1 - cfg.warmup_ratio)
+    return lr
+
+
+def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_mult", 1.0)
