@@ -223,3 +223,28 @@ def test_classification_training_with_mixup(tmp_path):
     assert set(result["metrics"]) == {"top1", "top5"} and 0 <= result["metrics"]["top1"] <= 100
     assert result["metrics"]["top5"] == 100.0  # two classes: the true one is always in the top five
     assert all(np.isfinite(list(_losses(tmp_path / "run").values())))
+
+
+def test_ema_accumulation_clipping_and_callbacks(tmp_path):
+    events = []
+    cfg = _config(
+        "tiny_gpvit.yaml",
+        tmp_path,
+        "iters=4",
+        "checkpoint_interval=2",
+        "ema=0.5",
+        "grad_accum=2",
+        "clip_grad=0.5",
+    )
+    result = train(
+        cfg, callbacks=[lambda event, info: events.append((event, info.get("step")))], progress=False
+    )
+    assert [e for e in events if e[0] == "step"] == [("step", s) for s in (1, 2, 3, 4)]
+    assert ("checkpoint", 2) in events and ("eval", 4) in events and "mIoU" in result["metrics"]
+    folder = tmp_path / "checkpoints" / "iter_0000004"
+    model, ema = load_file(str(folder / "model.safetensors")), load_file(str(folder / "ema.safetensors"))
+    assert model.keys() == ema.keys()
+    assert any(not torch.equal(model[k], ema[k]) for k in model if model[k].is_floating_point())
+    assert (
+        main(["eval", str(ROOT / "configs" / "tiny_gpvit.yaml"), "--checkpoint", str(folder), "--ema"]) == 0
+    )
