@@ -2,7 +2,17 @@
 
 from workbench import viz
 from workbench.engine import Predictor, train
+from workbench.interop import load_pretrained
 from workbench.models import Segmentor, create_segmentor, list_models
 
 __version__ = "0.1.0"
-__all__ = ["Predictor", "Segmentor", "__version__", "create_segmentor", "list_models", "train", "viz"]
+__all__ = [
+    "Predictor",
+    "Segmentor",
+    "__version__",
+    "create_segmentor",
+    "list_models",
+    "load_pretrained",
+    "train",
+    "viz",
+]

@@ -126,6 +126,34 @@ def _predict(args: argparse.Namespace) -> None:
         print(f"{path} -> {out / path.stem}_{{mask,overlay,labels}}.png")
 
 
+def _convert(args: argparse.Namespace) -> None:
+    import timm
+
+    from workbench.config import Config, ModelConfig, save_config
+    from workbench.engine.checkpoint import CONFIG, WEIGHTS, _weights
+    from workbench.interop import load_pretrained
+
+    info = model_info(args.model)
+    classes = args.num_classes or info.paper.num_classes
+    if info.task == "segmentation":
+        from workbench.models import create_segmentor
+
+        model = create_segmentor(args.model, num_classes=classes)
+    else:
+        model = timm.create_model(args.model, num_classes=classes)
+    report = load_pretrained(model, args.source, format=args.format, strict=not args.lenient)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    from safetensors.torch import save_file
+
+    save_file(_weights(model), str(out / WEIGHTS))
+    cfg = Config(task=info.task, model=ModelConfig(args.model, {}))
+    cfg.data.num_classes = classes
+    save_config(cfg, out / CONFIG)
+    print(report)
+    print(f"wrote {out / WEIGHTS} and {out / CONFIG}")
+
+
 def _demo(args: argparse.Namespace) -> None:
     from workbench.demo import demo_checkpoint, demo_metrics
 
@@ -154,11 +182,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     predict.add_argument("images", nargs="+")
     predict.add_argument("--checkpoint", required=True)
     predict.add_argument("--out", default="predictions")
+    convert = commands.add_parser("convert", help="a released checkpoint -> a workbench checkpoint")
+    convert.add_argument("source", help="file, URL or catalogue name (e.g. gpvit_l1_in1k)")
+    convert.add_argument("out", help="output folder (model.safetensors + config.yaml)")
+    convert.add_argument("--model", required=True, help="registered model name, e.g. gpvit_l1")
+    convert.add_argument("--num-classes", type=int, default=0, help="default: the paper's setting")
+    convert.add_argument("--format", default="auto")
+    convert.add_argument("--lenient", action="store_true", help="load what fits instead of refusing")
     demo = commands.add_parser("demo", help="train (once, cached) and evaluate the demo model")
     demo.add_argument("--config", default="configs/demo_gpvit.yaml")
     demo.add_argument("--retrain", action="store_true")
     args = parser.parse_args(argv)
-    handlers = {"train": _train, "eval": _eval, "predict": _predict, "demo": _demo}
+    handlers = {"train": _train, "eval": _eval, "predict": _predict, "convert": _convert, "demo": _demo}
     try:
         if args.command == "models":
             print(models_table(args.pattern))

@@ -1,1 +1,6 @@
-"""Interoperability with released checkpoints: key mappings between the workbench and official layouts."""
+"""Released checkpoints into workbench models: official GPViT / SETR / HLG, mmseg SETR, timm / JAX / DeiT ViT."""
+
+from workbench.interop.download import CATALOGUE, Release, download
+from workbench.interop.load import FORMATS, LoadReport, load_pretrained
+
+__all__ = ["CATALOGUE", "FORMATS", "LoadReport", "Release", "download", "load_pretrained"]
