@@ -531,3 +531,13 @@ def test_classifier_head_dropped_when_the_class_count_differs(tmp_path):
     report = load_pretrained(model, tmp_path / "l1.pth")
     assert report.clean and report.kept == ["head.bias", "head.weight"]
     assert any("(1000, 216) in the source, (10, 216) here" in note for note in report.notes)
+
+
+def test_converted_segmentor_serves_the_predictor(tmp_path):
+    torch.save({"state_dict": _distinct(_official_l1_keys())}, tmp_path / "l1.pth")
+    out = tmp_path / "segformer"
+    assert main(["convert", str(tmp_path / "l1.pth"), str(out), "--model", "gpvit_l1_segformer"]) == 0
+    predictor = workbench.Predictor.from_checkpoint(out, device="cpu")
+    prediction = predictor(np.zeros((40, 48, 3), dtype=np.uint8))
+    assert prediction.labels.shape == (40, 48) and prediction.colorize().shape == (40, 48, 3)
+    assert len(predictor.classes) == 150

@@ -184,9 +184,11 @@ class Predictor:
         self.mean, self.std = mean, std
         self.eval_cfg = eval_cfg or EvalConfig()
         self.num_classes = model.num_classes
-        self.classes = classes or Classes(
-            tuple(str(i) for i in range(self.num_classes)), default_palette(self.num_classes)
-        )
+        if classes is None or len(classes) != self.num_classes:  # e.g. a converted release checkpoint
+            classes = Classes(
+                tuple(str(i) for i in range(self.num_classes)), default_palette(self.num_classes)
+            )
+        self.classes = classes
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | None = None, ema: bool = False) -> Predictor:
