@@ -54,8 +54,6 @@ def unwrap(loaded: object, source: object = "checkpoint") -> dict[str, torch.Ten
         if inner is None:
             raise ValueError(f"{source} holds no tensors (top-level keys: {sorted(loaded)[:10]})")
         loaded = inner
-    if isinstance(loaded, dict) and any(k in loaded for k in _CONTAINERS) and "state_dict" in loaded:
-        loaded = loaded["state_dict"]
     if not isinstance(loaded, dict):
         raise ValueError(f"{source} is a {type(loaded).__name__}, not a state dict")
     return {k: v for k, v in loaded.items() if isinstance(v, torch.Tensor)}

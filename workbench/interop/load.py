@@ -178,9 +178,7 @@ def load_pretrained(
     expected = model.state_dict()
     for key, value in list(converted.items()):
         if key in expected and value.shape != expected[key].shape:
-            if re.search(r"(^|\.)(head|classifier)\.|^head\.", key) or key.startswith(
-                ("decode_head.classifier", "aux_heads.")
-            ):
+            if _is_classifier(key):
                 report.notes.append(
                     f"dropped {key}: {tuple(value.shape)} in the source, {tuple(expected[key].shape)} here (another class count)"
                 )
@@ -211,6 +209,15 @@ def load_pretrained(
     model.load_state_dict({**expected, **{k: v.to(expected[k].dtype) for k, v in loadable.items()}})
     report.loaded = sorted(loadable)
     return report
+
+
+def _is_classifier(key: str) -> bool:
+    """The last layer that maps to classes: its shape follows the class count, nothing else does."""
+    return bool(
+        re.fullmatch(
+            r"(.*\.)?classifier\.(weight|bias)|head\.(weight|bias)|aux_heads\.\d+\.(weight|bias)", key
+        )
+    )
 
 
 def _is_dropped_head(key: str, report: LoadReport) -> bool:
