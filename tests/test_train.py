@@ -51,6 +51,7 @@ def test_it_learns_shapes_on_a_short_budget(tmp_path):
     majority-class baseline, i.e. the model segments shapes, not just the background."""
     overrides = (
         "iters=120",
+        "log_interval=1",
         "data.batch_size=4",
         "data.demo_train=160",
         "data.demo_val=32",
@@ -248,3 +249,17 @@ def test_ema_accumulation_clipping_and_callbacks(tmp_path):
     assert (
         main(["eval", str(ROOT / "configs" / "tiny_gpvit.yaml"), "--checkpoint", str(folder), "--ema"]) == 0
     )
+
+
+def test_log_rows_average_the_steps_of_each_interval(tmp_path):
+    train(_config("tiny_setr.yaml", tmp_path / "every", "iters=6", "checkpoint_interval=100"), progress=False)
+    train(
+        _config(
+            "tiny_setr.yaml", tmp_path / "thirds", "iters=6", "checkpoint_interval=100", "log_interval=3"
+        ),
+        progress=False,
+    )
+    every, thirds = _losses(tmp_path / "every"), _losses(tmp_path / "thirds")
+    assert sorted(thirds) == [3, 6]
+    assert thirds[3] == pytest.approx(np.mean([every[s] for s in (1, 2, 3)]), rel=1e-5)
+    assert thirds[6] == pytest.approx(np.mean([every[s] for s in (4, 5, 6)]), rel=1e-5)

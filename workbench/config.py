@@ -100,7 +100,7 @@ class Config:
     amp: str = "bf16"  # bf16 | fp16 | none; autocast is used on CUDA only
     ema: float = 0.0  # EMA decay; 0 disables it
     seed: int = 0
-    log_interval: int = 10
+    log_interval: int = 10  # a CSV / TensorBoard row every N steps, averaged over them
     checkpoint_interval: int = 500
     work_dir: str = "runs/default"
 

@@ -288,6 +288,8 @@ def train(
 
     model.train()
     tic = time.perf_counter()
+    pending: dict[str, float] = {}  # training figures summed since the last log row
+    pending_steps = 0
     for step in range(start, cfg.iters):
         lr = learning_rate(step, cfg.iters, cfg.optim.lr, cfg.schedule)
         set_learning_rate(optimizer, lr)
@@ -324,11 +326,12 @@ def train(
         elapsed, tic = time.perf_counter() - tic, time.perf_counter()
         rate = cfg.data.batch_size * world * cfg.grad_accum / max(elapsed, 1e-9)
         result.update(step=done, losses=totals, lr=lr)
-        if main:
-            log.write(
-                done,
-                {**{f"train/{k}": v for k, v in totals.items()}, "train/lr": lr, "train/img_per_s": rate},
-            )
+        for key, value in {**totals, "img_per_s": rate}.items():
+            pending[key] = pending.get(key, 0.0) + value
+        pending_steps += 1
+        if main and (done % cfg.log_interval == 0 or done == cfg.iters):  # means since the last row
+            log.write(done, {**{f"train/{k}": v / pending_steps for k, v in pending.items()}, "train/lr": lr})
+            pending, pending_steps = {}, 0
         bar.set_postfix(loss=f"{totals['loss']:.4f}", lr=f"{lr:.2e}", img_s=f"{rate:.1f}")
         bar.update(1)
         notify("step", {"step": done, "losses": totals, "lr": lr, "img_per_s": rate})
