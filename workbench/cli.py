@@ -127,31 +127,21 @@ def _predict(args: argparse.Namespace) -> None:
 
 
 def _convert(args: argparse.Namespace) -> None:
-    import timm
-
-    from workbench.config import Config, ModelConfig, save_config
-    from workbench.engine.checkpoint import CONFIG, WEIGHTS, _weights
+    from workbench.config import Config, ModelConfig
+    from workbench.engine.checkpoint import save_weights
     from workbench.interop import load_pretrained
 
     info = model_info(args.model)
     classes = args.num_classes or info.paper.num_classes
-    if info.task == "segmentation":
-        from workbench.models import create_segmentor
-
-        model = create_segmentor(args.model, num_classes=classes)
-    else:
-        model = timm.create_model(args.model, num_classes=classes)
+    model = info.entrypoint(num_classes=classes)  # segmentor or classifier: both are timm entry points
     report = load_pretrained(model, args.source, format=args.format, strict=not args.lenient)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    from safetensors.torch import save_file
-
-    save_file(_weights(model), str(out / WEIGHTS))
     cfg = Config(task=info.task, model=ModelConfig(args.model, {}))
     cfg.data.num_classes = classes
-    save_config(cfg, out / CONFIG)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_weights(out, model, cfg)
     print(report)
-    print(f"wrote {out / WEIGHTS} and {out / CONFIG}")
+    print(f"wrote {out}/model.safetensors and {out}/config.yaml")
 
 
 def _demo(args: argparse.Namespace) -> None:

@@ -199,6 +199,9 @@ class Cityscapes(SegmentationDataset):
         super().__init__(pairs, Classes(CITYSCAPES_NAMES, CITYSCAPES_PALETTE), transform)
 
 
+PASCAL_CONTEXT_CLASSES = 59
+
+
 class PascalContext(SegmentationDataset):
     """Pascal Context, 59 classes, in the layout of mmseg's converter; label 0 (background) ignored."""
 
@@ -221,7 +224,12 @@ class PascalContext(SegmentationDataset):
                 raise ValueError(f"{listing} lists {name!r} but {image} or {label} is missing")
             pairs.append((image, label))
         super().__init__(
-            pairs, Classes(tuple(f"class_{i}" for i in range(59)), default_palette(59)), transform
+            pairs,
+            Classes(
+                tuple(f"class_{i}" for i in range(PASCAL_CONTEXT_CLASSES)),
+                default_palette(PASCAL_CONTEXT_CLASSES),
+            ),
+            transform,
         )
 
     def remap(self, labels: np.ndarray) -> np.ndarray:

@@ -26,6 +26,16 @@ def _weights(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
 
 
+def save_weights(folder: str | Path, model: nn.Module, cfg: Config, ema: nn.Module | None = None) -> None:
+    """``model.safetensors`` (+ ``ema.safetensors``) and ``config.yaml`` in ``folder``: all that
+    ``load_weights`` and ``Predictor.from_checkpoint`` need."""
+    folder = Path(folder)
+    save_file(_weights(model), str(folder / WEIGHTS))
+    if ema is not None:
+        save_file(_weights(ema), str(folder / EMA_WEIGHTS))
+    save_config(cfg, folder / CONFIG)
+
+
 def save_checkpoint(
     work_dir: str | Path,
     step: int,
@@ -39,11 +49,8 @@ def save_checkpoint(
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / f"iter_{step:07d}"
     staging = Path(tempfile.mkdtemp(dir=folder, prefix=".saving-"))
-    save_file(_weights(model), str(staging / WEIGHTS))
-    if ema is not None:
-        save_file(_weights(ema), str(staging / EMA_WEIGHTS))
+    save_weights(staging, model, cfg, ema)
     torch.save({**state, "step": step}, staging / STATE)
-    save_config(cfg, staging / CONFIG)
     if target.exists():
         shutil.rmtree(target)
     os.replace(staging, target)

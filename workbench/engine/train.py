@@ -29,6 +29,7 @@ from workbench.data.datasets import (
     ADE20K_CLASSES,
     CITYSCAPES_NAMES,
     CITYSCAPES_PALETTE,
+    PASCAL_CONTEXT_CLASSES,
     Classes,
     default_palette,
     read_classes,
@@ -59,7 +60,9 @@ def dataset_classes(cfg: Config) -> Classes:
         return Classes(CITYSCAPES_NAMES, CITYSCAPES_PALETTE)
     if data.dataset == "folder":
         return read_classes(Path(data.root) / "classes.txt")
-    count = data.num_classes or {"ade20k": ADE20K_CLASSES, "pascal_context": 59}.get(data.dataset, 0)
+    count = data.num_classes or {"ade20k": ADE20K_CLASSES, "pascal_context": PASCAL_CONTEXT_CLASSES}.get(
+        data.dataset, 0
+    )
     if not count:
         raise ValueError(f"unknown data set {data.dataset!r}")
     return Classes(tuple(f"class_{i}" for i in range(count)), default_palette(count))

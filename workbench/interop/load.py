@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
+from timm.layers import resample_abs_pos_embed
 from torch import nn
 
 from workbench.interop.files import read_state_dict
@@ -133,11 +133,14 @@ def convert(
                 converted = {k: v for k, v in converted.items() if k not in classifier}
         key = prefix + "pos_embed"
         if key in converted and converted[key].shape != backbone.pos_embed.shape:
-            old = converted[key]
-            side = round(old.shape[1] ** 0.5)
-            grid = old.reshape(1, side, side, -1).permute(0, 3, 1, 2)
-            grid = F.interpolate(grid, size=backbone.pretrain_grid, mode="bicubic", align_corners=False)
-            converted[key] = grid.flatten(2).transpose(1, 2)
+            side = round(converted[key].shape[1] ** 0.5)
+            converted[key] = resample_abs_pos_embed(
+                converted[key],
+                new_size=backbone.pretrain_grid,
+                old_size=(side, side),
+                num_prefix_tokens=0,
+                antialias=False,
+            )  # bicubic, as the model itself resamples
             notes.append(
                 f"resampled pos_embed {side}x{side} -> {backbone.pretrain_grid[0]}x{backbone.pretrain_grid[1]} (bicubic)"
             )
