@@ -7,9 +7,13 @@ import pytest
 import torch
 from PIL import Image
 
+from workbench.build import classes_of
+from workbench.cache import cache_dir
+from workbench.config import Config
 from workbench.data import (
     ADE20K,
     Cityscapes,
+    DemoDataset,
     FolderDataset,
     ImageFolderClassification,
     PascalContext,
@@ -72,7 +76,7 @@ def test_imagenet_style_class_folders(tmp_path):
     for name in ("cat", "dog"):
         _write(tmp_path / "train" / name / "a.png", _scene(1)[0])
     data = ImageFolderClassification(tmp_path, "train")
-    assert data.class_names == ("cat", "dog") and [label for _, label in data.samples] == [0, 1]
+    assert data.classes.names == ("cat", "dog") and [label for _, label in data.samples] == [0, 1]
     assert data[1][0].shape == (3, 24, 32)
 
 
@@ -91,6 +95,36 @@ def test_folder_layout_with_classes_file(folder):
     assert data.classes.names == ("sky", "road", "car")
     assert data.classes.palette[0] == (0, 0, 255) and data.classes.palette[2] == (255, 0, 0)
     assert len(data) == 2
+
+
+def test_data_sets_declare_their_real_classes_and_palettes():
+    """The mmseg tables: names and colours a model's predictions are shown with."""
+    assert len(ADE20K.classes) == 150 and ADE20K.classes.names[:3] == ("wall", "building", "sky")
+    assert ADE20K.classes.names[-1] == "flag" and ADE20K.classes.palette[-1] == (92, 0, 255)
+    assert ADE20K.classes.palette[:2] == ((120, 120, 120), (180, 120, 120))
+    assert len(Cityscapes.classes) == 19 and Cityscapes.classes.palette[0] == (128, 64, 128)
+    assert len(PascalContext.classes) == 59 and PascalContext.classes.names[::58] == ("aeroplane", "wood")
+    assert PascalContext.classes.palette[0] == (180, 120, 120)  # mmseg: ADE20K's colours from the 2nd on
+    for dataset in (ADE20K, Cityscapes, PascalContext):
+        assert len(set(dataset.classes.names)) == len(dataset.classes), dataset.__name__
+
+
+def test_classes_of_a_config_come_from_its_data_set_class_without_reading_images(folder, tmp_path):
+    cfg = Config()
+    cfg.data.demo_size = 20
+    assert classes_of(cfg) == DemoDataset.classes and classes_of(cfg).names == CLASSES
+    assert not any(cache_dir().glob("demo-v*-20px-*"))  # the demo set was not generated for it
+    cfg.data.dataset, cfg.data.root = "folder", str(folder)
+    assert classes_of(cfg).names == ("sky", "road", "car")
+    cfg.data.dataset = "ade20k"
+    assert classes_of(cfg) == ADE20K.classes
+    cfg.data.num_classes = 3  # e.g. a converted checkpoint with another head
+    assert classes_of(cfg).names == ("0", "1", "2")
+    cfg.data.dataset = "imagefolder"
+    with pytest.raises(
+        ValueError, match="'imagefolder' is a classification data set but task is 'segmentation'"
+    ):
+        classes_of(cfg)
 
 
 def test_missing_root_shows_the_expected_layout(tmp_path):

@@ -9,6 +9,7 @@ import torch
 import workbench
 from workbench.models import hlg, model_info
 from workbench.models.complexity import build_on_meta, count_gmacs, count_params
+from workbench.models.explain import EXPLICIT_ATOL, EXPLICIT_RTOL
 from workbench.models.hlg import GlobalLayer, Groups, HLGLayer, _grid_coords
 from workbench.viz import record
 
@@ -62,7 +63,6 @@ def test_released_structure_and_decisions():
     assert first.local_norm.eps == 1e-6 and model.norms[0].eps == 1e-6
     assert not hasattr(first, "proj") and first.global_attn.proj.in_features == 192
     assert model.stem[0][0].stride == (2, 2) and model.stem[1][0].stride == (1, 1)
-    assert "D17" in hlg.__doc__ and all(f"D{i}." in hlg.__doc__ for i in range(1, 14))
 
 
 @pytest.mark.parametrize(
@@ -81,6 +81,19 @@ def test_groups_split_and_merge(grid, dilated):
         assert torch.equal(split[1 * cols + 0, :, 0].reshape(7, 7), padded[0, 1::rows, 0::cols, 0])
     else:
         assert torch.equal(split[1, :, 0].reshape(7, 7), padded[0, 0:7, 7:14, 0])
+
+
+@pytest.mark.parametrize("dilated", [False, True])
+def test_global_bias_is_the_offset_to_each_window_centroid_in_window_units(dilated):
+    """D17: token t's bias for window w is DPB((t - c_w) / 7), c_w the window's mean token position."""
+    position_bias = hlg.DynamicPositionBias(4, 2)
+    groups = Groups.for_grid((14, 21), dilated)
+    rows, cols = groups.count
+    tokens = _grid_coords(14, 21, "cpu")
+    members = torch.stack([groups.split(tokens.reshape(1, 14, 21, 2).float())[w] for w in range(rows * cols)])
+    centroids = members.mean(1).floor()  # (windows, 2): by hand from the windows' members
+    direct = position_bias((tokens[:, None] - centroids[None]) / 7).permute(2, 0, 1)
+    torch.testing.assert_close(hlg._global_bias(position_bias, groups, "cpu"), direct)
 
 
 def test_position_bias_table_equals_direct_evaluation():
@@ -148,18 +161,21 @@ def test_padding_mask_is_a_choice_that_only_matters_when_there_is_padding():
     torch.testing.assert_close(local.probs.sum(-1), torch.ones_like(local.probs.sum(-1)))
 
 
-def test_recording_leaves_outputs_unchanged_and_reads_on_the_grid():
+def test_recording_keeps_outputs_within_tolerance_and_reads_on_the_grid():
     model = tiny_setr_hlg().eval()
     images = torch.randn(1, 3, 128, 120)
     with torch.no_grad():
         plain = model(images)
         with record(model) as rec:
             recorded = model(images)
-    assert torch.equal(plain, recorded)
-    assert len(rec.attention) == 3 * 2 * 2 + 2
+    torch.testing.assert_close(recorded, plain, atol=EXPLICIT_ATOL, rtol=EXPLICIT_RTOL)
+    assert len(rec.attention) == 3 * 2 * 2 + 2 + 2 * 2  # backbone stages 1-3, stage 4, HLG-UP head
     local, dilated, global_ = (rec.attention[f"stages.0.{k}"] for k in ("0.local", "1.local", "0.global"))
     assert local.kind == "window" and dilated.kind == "dilated" and global_.kind == "global"
-    assert local.grid == (32, 30) and local.key_grid == (5, 5) and local.window == (7, 7)
+    assert local.grid == (32, 30) and local.layout.count == (5, 5) and local.layout.size == (7, 7)
+    assert [local.tokens.stride, rec.attention["stages.3.1.global"].tokens.stride] == [4, 32]
+    head_global = rec.attention["decode_head.layers.1.global"]
+    assert head_global.kind == "global" and head_global.tokens.stride == 4
     assert global_.probs.shape == (1, 1, 32 * 30, 25) and global_.query_map(31, 29).shape == (1, 1, 5, 5)
     spread = dilated.query_map(3, 4)  # the dilated group of (3, 4) is every 5th token from (3, 4)
     lattice = spread[..., 3::5, 4::5]
@@ -172,6 +188,8 @@ def test_recording_leaves_outputs_unchanged_and_reads_on_the_grid():
     [
         (lambda: tiny_setr_hlg()(torch.randn(1, 1, 64, 64)), "expected 3 input channels, got 1"),
         (lambda: tiny_hlg(dims=(32, 48, 128, 256)), "multiple of the previous one"),
+        (lambda: tiny_hlg(img_size=224), "any input size works: drop img_size=224"),
+        (lambda: tiny_setr_hlg()(torch.randn(0, 3, 64, 64)), "got a batch of 0"),
         (
             lambda: tiny_hlg(heads=(3, 2, 2, 4)),
             r"divide by its heads and by 16, got \(width, heads\) \[\(32, 3\)\]",

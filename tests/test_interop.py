@@ -4,24 +4,31 @@ from __future__ import annotations
 
 import http.server
 import os
+import re
 import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
+import timm
 import torch
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models.deit import VisionTransformerDistilled
 from timm.models.vision_transformer import VisionTransformer, _load_weights
 
 import workbench
 from workbench.cli import main
-from workbench.interop import download, load_pretrained
+from workbench.interop import CATALOGUE, download, load_pretrained, load_weights
+from workbench.interop.checkpoint import checkpoint_config, load_state, save_checkpoint
+from workbench.interop.download import resolve_source
 from workbench.interop.gpvit import to_official
 from workbench.interop.vit import jax_to_timm
+from workbench.models import list_models, model_info
 from workbench.models.gpvit import gpvit_l1
+from workbench.models.layers import resample_pos_embed
 
 from .test_gpvit import _official_l1_keys
-from .tiny import TINY_HLG, tiny_gpvit_segmentor, tiny_setr_hlg
+from .tiny import TINY_GPVIT, TINY_HLG, tiny_gpvit_segmentor, tiny_setr_hlg
 
 
 def _distinct(shapes: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
@@ -81,7 +88,7 @@ def test_gpvit_imagenet_weights_into_a_segmentor_backbone(tmp_path):
     report = load_pretrained(model, tmp_path / "in1k.pth")
     assert report.clean and all(k.startswith(("decode_head.", "backbone.out_norms.")) for k in report.kept)
     assert any("neck and head" in n for n in report.notes) and any(
-        "dense-output norm" in n for n in report.notes
+        "out_norms tensors are new" in n for n in report.notes
     )
     assert torch.equal(model.backbone.blocks[1].group_tokens, source["backbone.layers.1.group_token"])
 
@@ -388,8 +395,6 @@ def test_hlg_released_backbone_layout(tmp_path):
 
 
 def test_workbench_checkpoint_and_head_dropped_for_other_class_counts(tmp_path):
-    from workbench.engine import save_checkpoint
-
     trained = tiny_gpvit_segmentor("segformer", num_classes=7)
     save_checkpoint(tmp_path, 1, trained, workbench.config.Config(), {})
     model = tiny_gpvit_segmentor("segformer", num_classes=3)
@@ -541,3 +546,152 @@ def test_converted_segmentor_serves_the_predictor(tmp_path):
     prediction = predictor(np.zeros((40, 48, 3), dtype=np.uint8))
     assert prediction.labels.shape == (40, 48) and prediction.colorize().shape == (40, 48, 3)
     assert len(predictor.classes) == 150
+
+
+def test_every_registered_model_carries_a_timm_pretrained_cfg():
+    """The Predictor normalises with ``model.pretrained_cfg``: it must be the training pipeline's."""
+    data = workbench.config.Config().data
+    for name in list_models():
+        info = model_info(name)
+        cfg = info.pretrained_cfg
+        assert cfg["architecture"] == name and cfg["num_classes"] == info.paper.num_classes, name
+        assert cfg["input_size"] == (3, info.paper.input_size, info.paper.input_size), name
+        assert cfg["mean"] == IMAGENET_DEFAULT_MEAN and cfg["std"] == IMAGENET_DEFAULT_STD, name
+        assert tuple(round(255 * m, 3) for m in cfg["mean"]) == tuple(data.mean), name
+        assert cfg["interpolation"] == ("bicubic" if info.task == "classification" else "bilinear"), name
+    built = [
+        timm.create_model("hlg_tiny", num_classes=2, **TINY_HLG),
+        timm.create_model("gpvit_l1", num_classes=2, **TINY_GPVIT),
+        tiny_gpvit_segmentor("upernet"),
+        _tiny_setr("naive"),
+    ]
+    for model in built:
+        assert model.pretrained_cfg == model_info(model.pretrained_cfg["architecture"]).pretrained_cfg
+    built[-1].pretrained_cfg["num_classes"] = 0  # each model owns its copy
+    assert _tiny_setr("naive").pretrained_cfg["num_classes"] == 19
+
+
+@pytest.mark.parametrize("rule", ["bilinear", "bicubic"])
+def test_resample_pos_embed_keeps_prefix_tokens_and_follows_the_rule(rule):
+    pos_embed = torch.randn(1, 1 + 4 * 6, 8)
+    resampled = resample_pos_embed(pos_embed, (8, 9), (4, 6), num_prefix_tokens=1, rule=rule)
+    grid = pos_embed[:, 1:].reshape(1, 4, 6, 8).permute(0, 3, 1, 2)
+    expected = torch.nn.functional.interpolate(grid, size=(8, 9), mode=rule, align_corners=False)
+    assert torch.equal(resampled[:, :1], pos_embed[:, :1])
+    torch.testing.assert_close(resampled[:, 1:], expected.flatten(2).transpose(1, 2))
+    assert resample_pos_embed(pos_embed, (4, 6), (4, 6), 1, rule) is pos_embed
+    with pytest.raises(ValueError, match=r"rule must be one of \('bilinear', 'bicubic'\), got 'nearest'"):
+        resample_pos_embed(pos_embed, (8, 9), (4, 6), 1, "nearest")
+
+
+def test_every_catalogue_download_is_hash_checked_and_the_others_say_where_to_get_them():
+    downloadable = [name for name, release in CATALOGUE.items() if release.downloadable]
+    assert "jx_vit_large_p16_384" in downloadable
+    for name, release in CATALOGUE.items():
+        assert release.model in list_models() and release.format in workbench.interop.FORMATS, name
+        if release.downloadable:
+            assert re.fullmatch(r"[0-9a-f]{8,64}", release.sha256), name
+            continue
+        where = re.escape(release.url or release.page)
+        with pytest.raises(
+            ValueError, match=rf"^{name} has no .*; get it from {where} and pass the file's path"
+        ):
+            resolve_source(name)
+
+
+def _mmseg_naive_keys(aux_convs: int) -> dict[str, tuple]:
+    """mmseg 1.x SETR-Naive: auxiliary SETRUPHeads with ``num_convs`` [ConvModule, Upsample] stages."""
+    k, c = 5, 16
+    keys = _vit_backbone(mmseg=True) | {"backbone.ln1.weight": (32,), "backbone.ln1.bias": (32,)}
+    for head in ("decode_head.", "auxiliary_head.0.", "auxiliary_head.1."):
+        convs = aux_convs if head.startswith("aux") else 1
+        keys |= {head + "norm.weight": (32,), head + "norm.bias": (32,)}
+        for i in range(convs):
+            keys |= {f"{head}up_convs.{i}.0.conv.weight": (c, 32 if i == 0 else c, 1, 1)}
+            keys |= _bn(f"{head}up_convs.{i}.0.bn", c)
+        keys |= {head + "conv_seg.weight": (k, c, 1, 1), head + "conv_seg.bias": (k,)}
+    return keys
+
+
+def test_mmseg_naive_ade20k_auxiliary_heads_with_two_convs_are_detected(tmp_path, capsys):
+    """mmseg's setr_vit-l_naive_8xb2-160k_ade20k-512x512.py gives its auxiliary heads num_convs=2."""
+    source = _distinct(_mmseg_naive_keys(aux_convs=2))
+    torch.save({"state_dict": source}, tmp_path / "naive_ade20k.pth")
+    with pytest.raises(ValueError, match=r"auxiliary heads have 2 conv stages .* build it with aux_convs=2"):
+        load_pretrained(_tiny_setr("naive", flavour="mmseg"), tmp_path / "naive_ade20k.pth")
+    model = _tiny_setr("naive", flavour="mmseg", aux_convs=2)
+    assert model.aux_heads[0].up_scales == (4, 4)  # each mmseg stage upsamples x4
+    report = load_pretrained(model, tmp_path / "naive_ade20k.pth")
+    assert report.clean and not report.kept and any("2 conv stages" in note for note in report.notes)
+    assert torch.equal(
+        model.aux_heads[1].stages[1].conv.weight, source["auxiliary_head.1.up_convs.1.0.conv.weight"]
+    )
+    with pytest.raises(ValueError, match=r"aux_convs .* needs flavour='mmseg'"):
+        _tiny_setr("naive", aux_convs=2)
+    model_args = ["embed_dim=32", "depth=4", "num_heads=2", "img_size=96", "head_channels=16"]
+    model_args += ["decode_layers=[3]", "aux_layers=[1, 3]", "flavour=mmseg", "aux_convs=2"]
+    command = ["convert", str(tmp_path / "naive_ade20k.pth"), str(tmp_path / "out")]
+    command += ["--model", "setr_naive_vit_base", "--num-classes", "5"]
+    assert main([*command, *(x for arg in model_args for x in ("--model-arg", arg))]) == 0
+    assert "(aux_convs=2)" in capsys.readouterr().out
+    converted = workbench.interop.checkpoint.checkpoint_config(tmp_path / "out")
+    assert converted.model.kwargs["aux_convs"] == 2 and converted.model.kwargs["aux_layers"] == [1, 3]
+    assert main([*command[:2], str(tmp_path / "out2"), *command[3:], "--model-arg", "depth"]) == 2
+    assert (
+        capsys.readouterr().err.strip()
+        == "workbench: --model-arg expects key=value (e.g. aux_convs=2), got 'depth'"
+    )
+
+
+def test_convert_takes_a_workbench_gpvit_run_with_its_model_arguments(tmp_path, capsys):
+    trained = tiny_gpvit_segmentor("segformer")
+    save_checkpoint(tmp_path / "run", 3, trained, workbench.config.Config(), {})
+    args = ["embed_dim=24", "depth=4", "group_layers={1: 8, 3: 4}", "out_indices=[0, 1, 2, 3]"]
+    command = ["convert", str(tmp_path / "run"), str(tmp_path / "out"), "--model", "gpvit_l1_segformer"]
+    command += ["--num-classes", "5", *(x for arg in args for x in ("--model-arg", arg))]
+    assert main(command) == 0
+    assert "(workbench): " in capsys.readouterr().out
+    copy = tiny_gpvit_segmentor("segformer")
+    load_weights(copy, tmp_path / "out")
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(trained.state_dict().values(), copy.state_dict().values(), strict=True)
+    )
+
+
+def test_damaged_or_incomplete_checkpoints_give_one_line_errors(tmp_path, capsys):
+    folder = save_checkpoint(tmp_path, 1, tiny_gpvit_segmentor("segformer"), workbench.config.Config(), {})
+    model = tiny_gpvit_segmentor("segformer")
+    with pytest.raises(
+        ValueError, match=r"checkpoint .*iter_0000001 has no EMA weights \(ema\.safetensors\)"
+    ):
+        load_pretrained(model, tmp_path, ema=True)
+    weights = (folder / "model.safetensors").read_bytes()
+    for damaged in (b"", weights[: len(weights) // 2]):
+        (folder / "model.safetensors").write_bytes(damaged)
+        with pytest.raises(
+            ValueError,
+            match=r"^cannot read .*model\.safetensors \(truncated or not a checkpoint\?\): [^\n]*$",
+        ):
+            load_weights(model, tmp_path)
+    (folder / "state.pt").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"^cannot read .*state\.pt \(truncated or not a checkpoint\?\)"):
+        load_state(tmp_path)
+    (folder / "config.yaml").write_text("")
+    with pytest.raises(ValueError, match=r"config\.yaml is missing or empty"):
+        checkpoint_config(folder)
+    (tmp_path / "notes.txt").write_text("not a checkpoint\n")
+    tiny = [
+        "--model-arg",
+        "embed_dim=24",
+        "--model-arg",
+        "depth=4",
+        "--model-arg",
+        "group_layers={1: 8, 3: 4}",
+    ]
+    assert (
+        main(["convert", str(tmp_path / "notes.txt"), str(tmp_path / "out"), "--model", "gpvit_l1", *tiny])
+        == 2
+    )
+    err = capsys.readouterr().err
+    assert err.startswith("workbench: cannot read ") and "notes.txt" in err and err.count("\n") == 1

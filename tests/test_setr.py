@@ -108,24 +108,27 @@ def test_non_square_inputs_give_logits_at_input_size(decoder):
 
 @pytest.mark.parametrize("decoder", DECODERS)
 def test_position_embedding_is_resampled_bilinearly(decoder):
-    """A model built at 64 px run on 96x128 equals one built at 96x128 holding the bilinear resample."""
+    """A model built at 64 px run on 96x128 equals one built at 96x128 holding the bilinear resample,
+    and differs from one holding the bicubic resample (timm's default), so the check can tell them apart."""
     small = tiny_setr(f"setr_{decoder}_vit_base").eval()
-    big = tiny_setr(f"setr_{decoder}_vit_base", img_size=(96, 128)).eval()
-    state = small.state_dict()
-    prefix = small.backbone.num_prefix_tokens
-    pos = state["backbone.pos_embed"]
-    grid = pos[:, prefix:].reshape(1, 4, 4, -1).permute(0, 3, 1, 2)
-    grid = F.interpolate(grid, size=(6, 8), mode="bilinear", align_corners=False)
-    state["backbone.pos_embed"] = torch.cat([pos[:, :prefix], grid.flatten(2).transpose(1, 2)], dim=1)
-    big.load_state_dict(state)
     images = torch.randn(1, 3, 96, 128)
+    prefix = small.backbone.num_prefix_tokens
+    pos = small.state_dict()["backbone.pos_embed"]
+
+    def built_big_with(mode: str) -> torch.Tensor:
+        big = tiny_setr(f"setr_{decoder}_vit_base", img_size=(96, 128)).eval()
+        grid = pos[:, prefix:].reshape(1, 4, 4, -1).permute(0, 3, 1, 2)
+        grid = F.interpolate(grid, size=(6, 8), mode=mode, align_corners=False)
+        state = small.state_dict()
+        state["backbone.pos_embed"] = torch.cat([pos[:, :prefix], grid.flatten(2).transpose(1, 2)], dim=1)
+        big.load_state_dict(state)
+        with torch.no_grad():
+            return big(images)
+
     with torch.no_grad():
-        torch.testing.assert_close(small(images), big(images), rtol=1e-5, atol=1e-5)
-    # The resampling is bilinear, not timm's default bicubic: the encoders' inputs differ otherwise.
-    bicubic = F.interpolate(
-        pos[:, prefix:].reshape(1, 4, 4, -1).permute(0, 3, 1, 2), size=(6, 8), mode="bicubic"
-    )
-    assert not torch.allclose(bicubic, grid)
+        resampled = small(images)
+    torch.testing.assert_close(resampled, built_big_with("bilinear"), rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(resampled, built_big_with("bicubic"), rtol=1e-5, atol=1e-5)
 
 
 def test_class_token_is_used_by_naive_and_pup_only():
@@ -245,7 +248,8 @@ def test_bad_targets_are_refused(tiny_model):
         (dict(name="setr_pup_vit_huge", num_classes=19), "unknown model 'setr_pup_vit_huge'.*Did you mean"),
         (dict(name="setr_pup_vit_base", num_classes=0), "num_classes must be an integer >= 1, got 0"),
         (dict(name="setr_pup_vit_base", num_classes=19, flavour="mmcv"), "flavour must be one of"),
-        (dict(name="setr_pup_vit_base", num_classes=19, img_size=500), "multiples of 16, got 500"),
+        (dict(name="setr_pup_vit_base", num_classes=19, img_size=500), "multiple of 16 .*got 500"),
+        (dict(name="setr_pup_vit_base", num_classes=19, img_size=0), "positive multiple of 16 .*got 0"),
         (dict(name="setr_pup_vit_base", num_classes=19, depth=6), "default layer taps .* depth 6"),
         (
             dict(name="setr_naive_vit_base", num_classes=19, decode_layers=(13,)),

@@ -1,83 +1,24 @@
-"""The ``workbench`` command."""
+"""The workbench command: train, evaluate, apply and convert dense-prediction vision transformers
+(SETR, HLG, GPViT) following their papers' recipes.
+
+Every subcommand is a thin layer over a library call. Errors a user can fix (a bad config field, a
+missing file, an output that exists) end in one line 'workbench: ...' on stderr and exit status 2;
+Ctrl-C ends with status 130.
+"""
 
 from __future__ import annotations
 
 import argparse
-import fnmatch
 import sys
+import tempfile
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
+from workbench import __version__
 from workbench.engine.distributed import is_main
-from workbench.models import list_models, model_info
-from workbench.models.complexity import build_on_meta, count_gmacs, count_params
-
-
-def _diff(ours: float, paper: float | None) -> str:
-    return "" if paper is None else f"{(ours / paper - 1) * 100:+.2f}%"
-
-
-def _setting(kwargs: dict) -> str:
-    return ", ".join(
-        f"{value}px" if key == "img_size" else f"{value} {key.replace('num_', '')}"
-        for key, value in kwargs.items()
-    )
-
-
-def _fmt(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}"
-
-
-def models_table(pattern: str = "*") -> str:
-    """Every registered model matching ``pattern``: measured parameters and GFLOPs beside the paper's."""
-    names = [name for name in list_models() if fnmatch.fnmatch(name, pattern)]
-    if not names:
-        raise ValueError(f"no registered model matches {pattern!r}; models are: {', '.join(list_models())}")
-    header = ("model", "params M", "paper", "diff", "GFLOPs", "paper", "diff", "counted at", "GFLOPs at")
-    rows, notes = [], {}
-    for name in names:
-        info = model_info(name)
-        paper = info.paper
-        params = count_params(build_on_meta(name, **paper.params_setting())) / 1e6
-        gflops = count_gmacs(build_on_meta(name, **paper.build_setting()), paper.input_size)
-        if paper.note:
-            notes.setdefault(paper.note, len(notes) + 1)
-        mark = f" [{notes[paper.note]}]" if paper.note else ""
-        rows.append(
-            (
-                name + mark,
-                f"{params:.2f}",
-                _fmt(paper.params_m),
-                _diff(params, paper.params_m),
-                f"{gflops:.2f}",
-                _fmt(paper.gflops),
-                _diff(gflops, paper.gflops),
-                _setting(paper.params_setting()),
-                f"{paper.input_size}px, {paper.num_classes} classes",
-            )
-        )
-    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
-    lines = [
-        "  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True))
-        for row in [header, *rows]
-    ]
-    lines.insert(1, "  ".join("-" * width for width in widths))
-    lines.append("")
-    lines.append("params: learnable parameters. GFLOPs: multiply-adds (10^9) of one forward pass, eval mode.")
-    lines += [f"[{number}] {note}" for note, number in notes.items()]
-    return "\n".join(lines)
-
-
-def metrics_table(metrics: dict) -> str:
-    """Per-class IoU / accuracy and the summary figures (or top-1 / top-5 for classifiers), as text."""
-    if "IoU" not in metrics:
-        return "  ".join(f"{k} {v:.2f}" for k, v in metrics.items())
-    width = max(len(name) for name in metrics["IoU"])
-    lines = [f"{'class'.ljust(width)}    IoU    Acc"]
-    for name, iou in metrics["IoU"].items():
-        lines.append(f"{name.ljust(width)}  {iou:5.2f}  {metrics['Acc'][name]:5.2f}")
-    lines.append(f"mIoU {metrics['mIoU']:.2f}  aAcc {metrics['aAcc']:.2f}  mAcc {metrics['mAcc']:.2f}")
-    return "\n".join(lines)
+from workbench.models import model_info
+from workbench.viz.tables import metrics_table, models_table
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -85,6 +26,7 @@ def _train(args: argparse.Namespace) -> None:
     from workbench.engine import train
 
     cfg = load_config(args.config, args.overrides)
+    _check_writable(Path(cfg.work_dir), "work_dir")
     resume = {"auto": "auto", "none": False}.get(args.resume, args.resume)
     result = train(cfg, resume=resume)
     if "metrics" in result and is_main():
@@ -92,52 +34,125 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _eval(args: argparse.Namespace) -> None:
+    from workbench.build import build_datasets, build_model
     from workbench.config import load_config
-    from workbench.engine import build_model, load_weights
     from workbench.engine.distributed import setup
-    from workbench.engine.train import build_task_datasets, evaluate_task
+    from workbench.engine.tasks import task_of
+    from workbench.interop import load_weights
 
     cfg = load_config(args.config, args.overrides)
     rank, world, device = setup()
     model = build_model(cfg)
     load_weights(model, args.checkpoint, ema=args.ema)
-    _, val_set = build_task_datasets(cfg)
-    metrics = evaluate_task(cfg, model.to(device), val_set, device, rank, world)
+    _, val_set = build_datasets(cfg)
+    metrics = task_of(cfg).evaluate(cfg, model.to(device), val_set, device, rank, world)
     if is_main():
         print(metrics_table(metrics))
+
+
+def _check_writable(folder: Path, what: str) -> None:
+    """Refuse, before any work and without creating anything, a folder that cannot be made or written."""
+    existing = folder
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"{what} {folder}: {existing} is a file, not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as error:
+        raise ValueError(f"{what} {folder}: cannot write in {existing} ({error.strerror})") from error
+
+
+def _output_names(images: Sequence[Path]) -> list[str]:
+    """A distinct output name per image: its stem, prefixed by as many parent folders as it takes to
+    tell it from the other images (a/x.jpg, b/x.jpg -> a_x, b_x); x.jpg beside x.png -> x_jpg, x_png."""
+    resolved = [path.resolve() for path in images]
+    twice = [path for path, count in Counter(resolved).items() if count > 1]
+    if twice:
+        raise ValueError(f"image {twice[0]} is given twice")
+    same_stem = Counter((path.parent, path.stem) for path in resolved)
+    keys = [
+        (
+            *path.parent.parts[1:],
+            path.stem if same_stem[path.parent, path.stem] == 1 else path.name.replace(".", "_"),
+        )
+        for path in resolved
+    ]
+    names = []
+    for index, key in enumerate(keys):
+        others = keys[:index] + keys[index + 1 :]
+        depth = 1
+        while any(other[-depth:] == key[-depth:] for other in others):
+            depth += 1
+        names.append("_".join(key[-depth:]))
+    # A stem that spells another image's folder_stem (c/a_x.jpg beside a/x.jpg): number the clash.
+    clashes = Counter(names)
+    return [f"{name}_{index}" if clashes[name] > 1 else name for index, name in enumerate(names)]
+
+
+_PREDICTION_FILES = ("mask", "overlay", "labels")  # colour mask, mask over the photo, class indices
 
 
 def _predict(args: argparse.Namespace) -> None:
     import numpy as np
     from PIL import Image
 
-    from workbench.data.datasets import read_image
+    from workbench.data.image import read_image
     from workbench.engine import Predictor
 
-    predictor = Predictor.from_checkpoint(args.checkpoint)
+    images = [Path(path) for path in args.images]
+    missing = [path for path in images if not path.is_file()]
+    if missing:
+        raise FileNotFoundError(f"image {missing[0]} does not exist")
     out = Path(args.out)
+    _check_writable(out, "--out")
+    names = _output_names(images)
+    existing = [out / f"{name}_{kind}.png" for name in names for kind in _PREDICTION_FILES]
+    existing = [path for path in existing if path.exists()]
+    if existing and not args.overwrite:
+        more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
+        raise ValueError(f"{existing[0]} exists{more}; pass --overwrite to replace, or choose another --out")
+    predictor = Predictor.from_checkpoint(args.checkpoint)
     out.mkdir(parents=True, exist_ok=True)
-    for path in map(Path, args.images):
+    for path, name in zip(images, names, strict=True):
         image = read_image(path)
         prediction = predictor(image)
-        Image.fromarray(prediction.colorize()).save(out / f"{path.stem}_mask.png")
-        Image.fromarray(prediction.overlay(image)).save(out / f"{path.stem}_overlay.png")
-        Image.fromarray(prediction.labels.astype(np.uint8)).save(out / f"{path.stem}_labels.png")
-        print(f"{path} -> {out / path.stem}_{{mask,overlay,labels}}.png")
+        arrays = (prediction.colorize(), prediction.overlay(image), prediction.labels.astype(np.uint8))
+        for kind, array in zip(_PREDICTION_FILES, arrays, strict=True):
+            Image.fromarray(array).save(out / f"{name}_{kind}.png")
+        print(f"{path} -> {out / name}_{{{','.join(_PREDICTION_FILES)}}}.png")
 
 
 def _convert(args: argparse.Namespace) -> None:
-    from workbench.config import Config, ModelConfig
-    from workbench.engine.checkpoint import save_weights
-    from workbench.interop import load_pretrained
+    import yaml
 
+    from workbench.config import Config, ModelConfig
+    from workbench.interop import load_pretrained
+    from workbench.interop.checkpoint import is_checkpoint, save_weights
+
+    kwargs = {}
+    for pair in args.model_arg:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--model-arg expects key=value (e.g. aux_convs=2), got {pair!r}")
+        try:
+            kwargs[key] = yaml.safe_load(value)
+        except yaml.YAMLError as error:
+            raise ValueError(f"--model-arg {key}: {value!r} is not a YAML value ({error.problem})") from None
+    out = Path(args.out)
+    _check_writable(out, "out")
+    if is_checkpoint(out):  # a converted or trained checkpoint is never replaced silently
+        raise ValueError(f"{out} already holds a checkpoint; choose another output folder")
     info = model_info(args.model)
     classes = args.num_classes or info.paper.num_classes
-    model = info.entrypoint(num_classes=classes)  # segmentor or classifier: both are timm entry points
+    try:  # segmentor or classifier: both are timm entry points
+        model = info.entrypoint(num_classes=classes, **kwargs)
+    except TypeError as error:  # an unknown keyword reaches the constructor
+        raise ValueError(f"--model-arg: {args.model} does not take these arguments ({error})") from None
     report = load_pretrained(model, args.source, format=args.format, strict=not args.lenient)
-    cfg = Config(task=info.task, model=ModelConfig(args.model, {}))
+    cfg = Config(task=info.task, model=ModelConfig(args.model, kwargs))
     cfg.data.num_classes = classes
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     save_weights(out, model, cfg)
     print(report)
@@ -152,44 +167,160 @@ def _demo(args: argparse.Namespace) -> None:
     print(metrics_table(demo_metrics(checkpoint)))
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="workbench", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-    models = commands.add_parser("models", help="table of every registered model against its paper")
-    models.add_argument("pattern", nargs="?", default="*", help="glob on model names, e.g. 'setr_*_base'")
-    train = commands.add_parser("train", help="train a segmentor (torchrun for several processes)")
-    train.add_argument("config", help="YAML config, e.g. configs/demo_gpvit.yaml")
-    train.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=1e-3 iters=200")
-    train.add_argument(
-        "--resume", default="auto", help="auto (newest checkpoint of work_dir), none, or a checkpoint"
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Examples keep their lines; every argument with a default worth saying shows it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        shown = action.default not in (None, False, [], argparse.SUPPRESS)
+        return f"{action.help} (default: %(default)s)" if shown else action.help or ""
+
+
+_OVERRIDES_HELP = (
+    "key=value config overrides, anywhere on the line (YAML values), e.g. optim.lr=1e-3 iters=200"
+)
+_CONFIG_HELP = "YAML config file, or a preset shipped with the package (e.g. demo_gpvit, tiny_setr)"
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The ``workbench`` parser and its subcommand parsers by name."""
+    from workbench.interop import FORMATS
+
+    parser = argparse.ArgumentParser(
+        prog="workbench",
+        description=__doc__,
+        formatter_class=_HelpFormatter,
+        epilog="Run 'workbench COMMAND --help' for a command's options and an example.",
     )
-    evaluate = commands.add_parser("eval", help="evaluate a checkpoint on the config's validation split")
-    evaluate.add_argument("config")
-    evaluate.add_argument("overrides", nargs="*")
-    evaluate.add_argument("--checkpoint", required=True, help="checkpoint folder or run folder")
-    evaluate.add_argument("--ema", action="store_true", help="evaluate the EMA weights")
-    predict = commands.add_parser("predict", help="write coloured masks and overlays for images")
-    predict.add_argument("images", nargs="+")
-    predict.add_argument("--checkpoint", required=True)
-    predict.add_argument("--out", default="predictions")
-    convert = commands.add_parser("convert", help="a released checkpoint -> a workbench checkpoint")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, summary: str, example: str) -> argparse.ArgumentParser:
+        return commands.add_parser(
+            name,
+            help=summary,
+            description=summary,
+            epilog=f"example:\n  {example}",
+            formatter_class=_HelpFormatter,
+        )
+
+    models = command(
+        "models",
+        "Table of every registered model: parameters and GFLOPs beside its paper's.",
+        "workbench models 'gpvit_*'",
+    )
+    models.add_argument("pattern", nargs="?", default="*", help="glob on model names, e.g. 'setr_*_base'")
+
+    train = command(
+        "train",
+        "Train a model on a config's data set; resumes a run of work_dir (torchrun for several GPUs).",
+        "workbench train demo_gpvit optim.lr=5e-4 iters=600 work_dir=runs/lr5e-4",
+    )
+    train.add_argument("config", help=_CONFIG_HELP)
+    train.add_argument("overrides", nargs="*", metavar="key=value", help=_OVERRIDES_HELP)
+    train.add_argument(
+        "--resume",
+        default="auto",
+        metavar="{auto,none,CHECKPOINT}",
+        help="auto: continue work_dir's newest checkpoint; none: a fresh run (refused if work_dir holds one); "
+        "or a checkpoint folder to start from",
+    )
+
+    evaluate = command(
+        "eval",
+        "Evaluate a checkpoint on the config's validation split (per-class IoU, mIoU).",
+        "workbench eval tiny_setr --checkpoint runs/tiny_setr eval.flip=true eval.scales=[0.75,1.0]",
+    )
+    evaluate.add_argument("config", help=_CONFIG_HELP)
+    evaluate.add_argument("overrides", nargs="*", metavar="key=value", help=_OVERRIDES_HELP)
+    evaluate.add_argument(
+        "--checkpoint", required=True, help="a checkpoint folder, or a run folder (its newest checkpoint)"
+    )
+    evaluate.add_argument("--ema", action="store_true", help="evaluate the EMA weights of the checkpoint")
+
+    predict = command(
+        "predict",
+        "Segment images: write a colour mask, an overlay and a label map (PNG) per image.",
+        "workbench predict photos/*.jpg --checkpoint runs/demo_gpvit --out predictions",
+    )
+    predict.add_argument(
+        "images", nargs="+", help="image files (any format and mode PIL reads; EXIF orientation applied)"
+    )
+    predict.add_argument(
+        "--checkpoint", required=True, help="a checkpoint folder, or a run folder (its newest checkpoint)"
+    )
+    predict.add_argument(
+        "--out",
+        default="predictions",
+        help="output folder; files are named IMAGE_{mask,overlay,labels}.png, with parent folders "
+        "added to tell apart images of the same name",
+    )
+    predict.add_argument(
+        "--overwrite", action="store_true", help="replace outputs that exist (refused otherwise)"
+    )
+
+    convert = command(
+        "convert",
+        "Turn a released checkpoint (official, mmseg, timm) into a workbench checkpoint folder.",
+        "workbench convert gpvit_l1_in1k runs/gpvit_l1_in1k --model gpvit_l1",
+    )
     convert.add_argument("source", help="file, URL or catalogue name (e.g. gpvit_l1_in1k)")
     convert.add_argument("out", help="output folder (model.safetensors + config.yaml)")
-    convert.add_argument("--model", required=True, help="registered model name, e.g. gpvit_l1")
-    convert.add_argument("--num-classes", type=int, default=0, help="default: the paper's setting")
-    convert.add_argument("--format", default="auto")
+    convert.add_argument(
+        "--model", required=True, help="registered model name, e.g. gpvit_l1 (see workbench models)"
+    )
+    convert.add_argument(
+        "--num-classes", type=int, default=0, help="classes of the model; 0: the paper's setting"
+    )
+    convert.add_argument(
+        "--format", default="auto", choices=FORMATS, help="layout of the source; auto: detected from its keys"
+    )
     convert.add_argument("--lenient", action="store_true", help="load what fits instead of refusing")
-    demo = commands.add_parser("demo", help="train (once, cached) and evaluate the demo model")
-    demo.add_argument("--config", default="configs/demo_gpvit.yaml")
-    demo.add_argument("--retrain", action="store_true")
-    args = parser.parse_args(argv)
+    convert.add_argument(
+        "--model-arg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="model build argument (YAML value), repeatable, e.g. aux_convs=2",
+    )
+
+    demo = command(
+        "demo",
+        "Train the demo model on the generated demo set (once, cached) and evaluate it.",
+        "workbench demo --config demo_setr",
+    )
+    demo.add_argument("--config", default="demo_gpvit", help=_CONFIG_HELP)
+    demo.add_argument("--retrain", action="store_true", help="train again even if the cache holds the model")
+    return parser, dict(commands.choices)
+
+
+def _one_line(error: BaseException) -> str:
+    """The library's message on one line (a multi-line message, e.g. a data-set layout, is joined)."""
+    return " ".join(line.strip() for line in str(error).splitlines() if line.strip()) or type(error).__name__
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The ``workbench`` command; returns the exit status (0, 2 for an error, 130 for Ctrl-C)."""
+    parser, commands = build_parser()
+    args, extras = parser.parse_known_args(argv)
+    # Overrides may follow options (eval CFG --checkpoint RUN eval.flip=true): argparse leaves those over.
+    if hasattr(args, "overrides"):
+        args.overrides += [item for item in extras if "=" in item and not item.startswith("-")]
+        extras = [item for item in extras if item not in args.overrides]
+    if extras:
+        commands[args.command].error(f"unrecognized arguments: {' '.join(extras)}")
     handlers = {"train": _train, "eval": _eval, "predict": _predict, "convert": _convert, "demo": _demo}
     try:
         if args.command == "models":
             print(models_table(args.pattern))
         else:
             handlers[args.command](args)
-    except (ValueError, FloatingPointError) as error:
-        print(f"workbench: {error}", file=sys.stderr)
+    except KeyboardInterrupt as interrupt:
+        print(
+            f"workbench: {_one_line(interrupt) if str(interrupt).strip() else 'interrupted'}", file=sys.stderr
+        )
+        return 130
+    # A problem the user can fix: a bad value, a NaN loss, a file missing, unreadable or unwritable.
+    except (ValueError, FloatingPointError, OSError) as error:
+        print(f"workbench: {_one_line(error)}", file=sys.stderr)
         return 2
     return 0

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import hashlib
+import shutil
 from pathlib import Path
 
+from workbench.build import build_datasets, build_model
+from workbench.cache import cache_dir
 from workbench.config import load_config, to_dict
-from workbench.data.demo import cache_dir
-from workbench.engine import latest_checkpoint, load_weights, train
-from workbench.engine.checkpoint import checkpoint_config, load_state
-from workbench.engine.train import build_model, build_task_datasets, evaluate_task
+from workbench.engine import train
+from workbench.engine.tasks import task_of
+from workbench.interop import load_weights
+from workbench.interop.checkpoint import checkpoint_config, latest_checkpoint, load_state
 
 
-def demo_checkpoint(config: str | Path = "configs/demo_gpvit.yaml", retrain: bool = False) -> Path:
+def demo_checkpoint(config: str | Path = "demo_gpvit", retrain: bool = False) -> Path:
     """The finished demo checkpoint of ``config``, training it first if the cache lacks it.
 
     The cache folder is named after a hash of the config, so an edited config trains a new model.
@@ -20,10 +23,12 @@ def demo_checkpoint(config: str | Path = "configs/demo_gpvit.yaml", retrain: boo
     cfg = load_config(config)
     digest = hashlib.sha256(repr(to_dict(cfg)).encode()).hexdigest()[:10]
     cfg.work_dir = str(cache_dir() / f"demo-model-{Path(config).stem}-{digest}")
+    if retrain:  # the run folder is a cache entry: training afresh replaces it
+        shutil.rmtree(cfg.work_dir, ignore_errors=True)
     found = latest_checkpoint(cfg.work_dir)
-    if retrain or found is None or load_state(found)["step"] < cfg.iters:
+    if found is None or load_state(found)["step"] < cfg.iters:
         print(f"training the demo model ({cfg.model.name}, {cfg.iters} steps) into {cfg.work_dir}")
-        train(cfg, resume=False if retrain else "auto")
+        train(cfg)
         found = latest_checkpoint(cfg.work_dir)
     return found
 
@@ -32,5 +37,5 @@ def demo_metrics(checkpoint: str | Path) -> dict:
     cfg = checkpoint_config(checkpoint)
     model = build_model(cfg)
     load_weights(model, checkpoint)
-    _, val_set = build_task_datasets(cfg)
-    return evaluate_task(cfg, model, val_set)
+    _, val_set = build_datasets(cfg)
+    return task_of(cfg).evaluate(cfg, model, val_set)

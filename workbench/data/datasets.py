@@ -1,34 +1,34 @@
-"""Segmentation data sets in their standard layouts, and ImageNet-style class folders.
+"""Segmentation data sets in their standard layouts, the demo set, and ImageNet-style class folders.
 
 Each segmentation set is a list of (image, label map) file pairs read on demand. Labels are remapped
 to train ids with 255 as the ignore label. A missing root shows the expected layout; an unreadable
 image, an image/label size mismatch or a label outside the class range names the file.
+
+A data set is one class: it declares its task, its classes (``declared_classes``: without reading
+images) and how a ``DataConfig`` builds its training and validation splits (``from_config``).
+``DATASETS`` maps ``data.dataset`` names to these classes.
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-from workbench.data.transforms import IGNORE_INDEX
+from workbench.config import DataConfig
+from workbench.data import classes as tables
+from workbench.data.classes import Classes, default_palette, read_classes
+from workbench.data.demo import ensure_demo_set
+from workbench.data.image import read_image
+from workbench.data.transforms import IGNORE_INDEX, EvalTransform, TrainTransform
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-
-
-def read_image(path: Path) -> np.ndarray:
-    """(H, W, 3) uint8 RGB; a ValueError naming the file if it cannot be decoded fully."""
-    try:
-        with Image.open(path) as image:
-            return np.asarray(image.convert("RGB"))
-    except (OSError, UnidentifiedImageError, SyntaxError) as error:
-        raise ValueError(f"cannot read image {path}: {error}") from error
 
 
 def read_labels(path: Path) -> np.ndarray:
@@ -42,45 +42,56 @@ def read_labels(path: Path) -> np.ndarray:
         raise ValueError(f"cannot read label map {path}: {error}") from error
 
 
-@dataclass(frozen=True)
-class Classes:
-    names: tuple[str, ...]
-    palette: tuple[tuple[int, int, int], ...]
-
-    def __len__(self) -> int:
-        return len(self.names)
-
-
-def default_palette(num_classes: int) -> tuple[tuple[int, int, int], ...]:
-    """Distinct colours (the PASCAL VOC bit-interleaving scheme)."""
-    colours = []
-    for index in range(num_classes):
-        r = g = b = 0
-        value = index
-        for shift in range(7, -1, -1):
-            r |= (value & 1) << shift
-            g |= ((value >> 1) & 1) << shift
-            b |= ((value >> 2) & 1) << shift
-            value >>= 3
-        colours.append((r, g, b))
-    return tuple(colours)
-
-
 class SegmentationDataset(Dataset):
     """(image, label map) pairs; ``transform(image, labels, rng)`` gives the training or test view.
 
     Items are addressed by an index, or by ``(index, seed)`` (the training sampler's), which seeds
-    the sample's random augmentation.
+    the sample's random augmentation. Subclasses with a fixed class list set ``classes``.
     """
 
-    layout = ""  # the expected layout, shown when the root is missing
+    task: ClassVar[str] = "segmentation"
+    layout: ClassVar[str] = ""  # the expected layout, shown when the root is missing
+    classes: Classes
+    # Validation images are resized to the recipe's (long, short) scale, as mmseg's test pipelines do.
+    resize_for_test: ClassVar[bool] = True
 
-    def __init__(
-        self, pairs: Sequence[tuple[Path, Path]], classes: Classes, transform: Callable | None = None
-    ):
+    def __init__(self, pairs: Sequence[tuple[Path, Path]], transform: Callable | None = None):
         self.pairs = list(pairs)
-        self.classes = classes
         self.transform = transform
+
+    @classmethod
+    def declared_classes(cls, cfg: DataConfig) -> Classes:
+        """The data set's classes, read without opening an image."""
+        return cls.classes
+
+    @classmethod
+    def config_root(cls, cfg: DataConfig) -> Path:
+        if not cfg.root:
+            raise ValueError(
+                f"data.root is empty: set it to the {cls.__name__} root. Expected layout:\n{cls.layout}"
+            )
+        return Path(cfg.root)
+
+    @classmethod
+    def from_config(cls, cfg: DataConfig) -> tuple[SegmentationDataset, SegmentationDataset]:
+        """(train, val) splits with the recipe's training and test transforms."""
+        root = cls.config_root(cfg)
+        train_tf = TrainTransform(
+            cfg.crop_size,
+            tuple(cfg.scale),
+            tuple(cfg.ratio_range),
+            cfg.cat_max_ratio,
+            cfg.flip,
+            cfg.photometric,
+            cfg.mean,
+            cfg.std,
+        )
+        return cls(root, "train", train_tf), cls(root, "val", cls.eval_transform(cfg))
+
+    @classmethod
+    def eval_transform(cls, cfg: DataConfig) -> EvalTransform:
+        """The test-time preprocessing (test scale, mean, std): evaluation's and the Predictor's."""
+        return EvalTransform(tuple(cfg.scale) if cls.resize_for_test else None, cfg.mean, cfg.std)
 
     @classmethod
     def check_root(cls, root: str | Path, *required: str) -> Path:
@@ -101,12 +112,19 @@ class SegmentationDataset(Dataset):
     def load(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Image (3, H, W) uint8 and train-id labels (H, W) int64, checked."""
         image_path, label_path = self.pairs[index]
-        image, labels = read_image(image_path), self.remap(read_labels(label_path))
+        image, labels = read_image(image_path), self.load_labels(index)
         if image.shape[:2] != labels.shape:
             raise ValueError(
                 f"image {image_path} is {image.shape[1]}x{image.shape[0]} but its label map {label_path} "
                 f"is {labels.shape[1]}x{labels.shape[0]}"
             )
+        return torch.from_numpy(image.copy()).permute(2, 0, 1), torch.from_numpy(labels)
+
+    def load_labels(self, index: int) -> np.ndarray:
+        """Train-id labels (H, W) int64 of item ``index``; a ValueError naming the file if a value is
+        outside the classes (what training checks on the validation split before its first step)."""
+        label_path = self.pairs[index][1]
+        labels = self.remap(read_labels(label_path))
         bad = (labels >= len(self.classes)) & (labels != IGNORE_INDEX) | (labels < 0)
         if bad.any():
             values = sorted(set(np.unique(labels[bad]).tolist()))[:10]
@@ -114,7 +132,7 @@ class SegmentationDataset(Dataset):
                 f"label map {label_path} holds values {values} outside 0..{len(self.classes) - 1} "
                 f"(and the ignore label {IGNORE_INDEX})"
             )
-        return torch.from_numpy(image.copy()).permute(2, 0, 1), torch.from_numpy(labels)
+        return labels
 
     def __getitem__(self, item: int | tuple[int, int]):
         index, seed = item if isinstance(item, tuple) else (item, index_seed(item))
@@ -142,12 +160,10 @@ def _pairs(
     return pairs
 
 
-ADE20K_CLASSES = 150
-
-
 class ADE20K(SegmentationDataset):
     """ADE20K, ADEChallengeData2016 layout; 150 classes, label 0 ("other") ignored (reduce_zero_label)."""
 
+    classes = tables.ADE20K
     layout = """ADEChallengeData2016/
   images/training/ADE_train_00000001.jpg ...   images/validation/ADE_val_00000001.jpg ...
   annotations/training/ADE_train_00000001.png ...   annotations/validation/..."""
@@ -161,27 +177,16 @@ class ADE20K(SegmentationDataset):
             "*.jpg",
             lambda p: root / "annotations" / folder / f"{p.stem}.png",
         )
-        names = tuple(f"class_{i}" for i in range(ADE20K_CLASSES))
-        super().__init__(pairs, Classes(names, default_palette(ADE20K_CLASSES)), transform)
+        super().__init__(pairs, transform)
 
     def remap(self, labels: np.ndarray) -> np.ndarray:
         return np.where(labels == 0, IGNORE_INDEX, labels - 1)
 
 
-CITYSCAPES_NAMES = (
-    "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign", "vegetation",
-    "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle",
-)  # fmt: skip
-CITYSCAPES_PALETTE = (
-    (128, 64, 128), (244, 35, 232), (70, 70, 70), (102, 102, 156), (190, 153, 153), (153, 153, 153),
-    (250, 170, 30), (220, 220, 0), (107, 142, 35), (152, 251, 152), (70, 130, 180), (220, 20, 60),
-    (255, 0, 0), (0, 0, 142), (0, 0, 70), (0, 60, 100), (0, 80, 100), (0, 0, 230), (119, 11, 32),
-)  # fmt: skip
-
-
 class Cityscapes(SegmentationDataset):
     """Cityscapes fine annotations as train ids (``*_gtFine_labelTrainIds.png``); 19 classes."""
 
+    classes = tables.CITYSCAPES
     layout = """cityscapes/
   leftImg8bit/{train,val}/<city>/<name>_leftImg8bit.png
   gtFine/{train,val}/<city>/<name>_gtFine_labelTrainIds.png   (cityscapesscripts createTrainIdLabelImgs)"""
@@ -196,15 +201,13 @@ class Cityscapes(SegmentationDataset):
         pairs = _pairs(
             root / "leftImg8bit" / split, root / "gtFine" / split, "*/*_leftImg8bit.png", label_for
         )
-        super().__init__(pairs, Classes(CITYSCAPES_NAMES, CITYSCAPES_PALETTE), transform)
-
-
-PASCAL_CONTEXT_CLASSES = 59
+        super().__init__(pairs, transform)
 
 
 class PascalContext(SegmentationDataset):
     """Pascal Context, 59 classes, in the layout of mmseg's converter; label 0 (background) ignored."""
 
+    classes = tables.PASCAL_CONTEXT
     layout = """VOCdevkit/VOC2010/
   JPEGImages/<id>.jpg
   SegmentationClassContext/<id>.png        (tools/dataset_converters/pascal_context.py)
@@ -223,33 +226,10 @@ class PascalContext(SegmentationDataset):
             if not image.is_file() or not label.is_file():
                 raise ValueError(f"{listing} lists {name!r} but {image} or {label} is missing")
             pairs.append((image, label))
-        super().__init__(
-            pairs,
-            Classes(
-                tuple(f"class_{i}" for i in range(PASCAL_CONTEXT_CLASSES)),
-                default_palette(PASCAL_CONTEXT_CLASSES),
-            ),
-            transform,
-        )
+        super().__init__(pairs, transform)
 
     def remap(self, labels: np.ndarray) -> np.ndarray:
         return np.where(labels == 0, IGNORE_INDEX, labels - 1)
-
-
-def read_classes(path: Path) -> Classes:
-    """``classes.txt``: one class per line, ``name`` or ``name r g b``."""
-    names, palette = [], []
-    for line in path.read_text().splitlines():
-        parts = line.split()
-        if not parts:
-            continue
-        has_colour = len(parts) >= 4 and all(p.isdigit() for p in parts[-3:])
-        names.append(" ".join(parts[:-3]) if has_colour else " ".join(parts))
-        palette.append(tuple(int(p) for p in parts[-3:]) if has_colour else None)
-    if not names:
-        raise ValueError(f"{path} lists no classes")
-    fallback = default_palette(len(names))
-    return Classes(tuple(names), tuple(c or fallback[i] for i, c in enumerate(palette)))
 
 
 class FolderDataset(SegmentationDataset):
@@ -262,7 +242,7 @@ class FolderDataset(SegmentationDataset):
 
     def __init__(self, root: str | Path, split: str = "train", transform: Callable | None = None):
         root = self.check_root(root, "classes.txt", f"images/{split}", f"masks/{split}")
-        classes = read_classes(root / "classes.txt")
+        self.classes = read_classes(root / "classes.txt")
         images = [
             p for p in sorted((root / "images" / split).iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES
         ]
@@ -274,28 +254,82 @@ class FolderDataset(SegmentationDataset):
             pairs.append((image, label))
         if not pairs:
             raise ValueError(f"no images under {root / 'images' / split}")
-        super().__init__(pairs, classes, transform)
+        super().__init__(pairs, transform)
+
+    @classmethod
+    def declared_classes(cls, cfg: DataConfig) -> Classes:
+        return read_classes(cls.check_root(cls.config_root(cfg), "classes.txt") / "classes.txt")
+
+
+class DemoDataset(FolderDataset):
+    """The generated demo set (``workbench.data.demo``), generated into the cache on first use."""
+
+    classes = tables.DEMO
+    resize_for_test = False  # the generated images are already at the training size
+
+    @classmethod
+    def declared_classes(cls, cfg: DataConfig) -> Classes:
+        return cls.classes
+
+    @classmethod
+    def config_root(cls, cfg: DataConfig) -> Path:
+        return ensure_demo_set(cfg.demo_size, cfg.demo_train, cfg.demo_val, seed=0)
 
 
 class ImageFolderClassification(Dataset):
     """ImageNet-style class folders: ``root/<split>/<class>/<image>``; classes sorted by name."""
 
+    task: ClassVar[str] = "classification"
+    layout: ClassVar[str] = "root/{train,val}/<class name>/<image>"
+
     def __init__(self, root: str | Path, split: str = "train", transform: Callable | None = None):
         folder = Path(root) / split
-        if not folder.is_dir():
-            raise ValueError(
-                f"{folder} does not exist. Expected layout:\nroot/{{train,val}}/<class name>/<image>"
-            )
-        self.class_names = tuple(sorted(p.name for p in folder.iterdir() if p.is_dir()))
-        if not self.class_names:
-            raise ValueError(f"{folder} has no class folders")
+        self.classes = self.classes_in(folder)
         self.samples = [
             (path, label)
-            for label, name in enumerate(self.class_names)
+            for label, name in enumerate(self.classes.names)
             for path in sorted((folder / name).iterdir())
             if path.suffix.lower() in IMAGE_SUFFIXES
         ]
         self.transform = transform
+
+    @classmethod
+    def classes_in(cls, folder: Path) -> Classes:
+        """One class per sub-folder of ``folder``, sorted by name."""
+        if not folder.is_dir():
+            raise ValueError(f"{folder} does not exist. Expected layout:\n{cls.layout}")
+        names = tuple(sorted(p.name for p in folder.iterdir() if p.is_dir()))
+        if not names:
+            raise ValueError(f"{folder} has no class folders. Expected layout:\n{cls.layout}")
+        return Classes(names, default_palette(len(names)))
+
+    @classmethod
+    def declared_classes(cls, cfg: DataConfig) -> Classes:
+        if not cfg.root:
+            raise ValueError(f"data.root is empty: set it to a folder laid out as {cls.layout}")
+        return cls.classes_in(Path(cfg.root) / "train")
+
+    @classmethod
+    def from_config(cls, cfg: DataConfig) -> tuple[ImageFolderClassification, ImageFolderClassification]:
+        """(train, val) with timm's training (RandAugment, random erasing) and test transforms."""
+        from timm.data import create_transform
+
+        if not cfg.root:
+            raise ValueError(f"data.root is empty: set it to a folder laid out as {cls.layout}")
+        mean, std = tuple(m / 255 for m in cfg.mean), tuple(s / 255 for s in cfg.std)
+        train_tf = create_transform(
+            cfg.crop_size,
+            is_training=True,
+            auto_augment=cfg.auto_augment or None,
+            re_prob=cfg.random_erase,
+            interpolation="bicubic",
+            mean=mean,
+            std=std,
+        )
+        val_tf = create_transform(
+            cfg.crop_size, is_training=False, interpolation="bicubic", mean=mean, std=std
+        )
+        return cls(cfg.root, "train", train_tf), cls(cfg.root, "val", val_tf)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -322,9 +356,19 @@ class ImageFolderClassification(Dataset):
         return image, label
 
 
-DATASETS = {
+# ``data.dataset`` names; adding a data set means adding its class here.
+DATASETS: dict[str, type[SegmentationDataset] | type[ImageFolderClassification]] = {
+    "demo": DemoDataset,
     "ade20k": ADE20K,
     "cityscapes": Cityscapes,
     "pascal_context": PascalContext,
     "folder": FolderDataset,
+    "imagefolder": ImageFolderClassification,
 }
+
+
+def dataset_class(name: str) -> type[SegmentationDataset] | type[ImageFolderClassification]:
+    """The data-set class registered as ``name`` (``data.dataset``)."""
+    if name not in DATASETS:
+        raise ValueError(f"data.dataset must be one of {', '.join(DATASETS)}, got {name!r}")
+    return DATASETS[name]

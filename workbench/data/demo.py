@@ -12,7 +12,6 @@ sizes, so a change of any of them makes a new set rather than reusing a stale on
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -20,14 +19,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from workbench.cache import cache_dir
+from workbench.data.classes import DEMO, write_classes
+
 VERSION = 1
-CLASSES = ("background", "disc", "square", "triangle", "ring", "cross")
-PALETTE = ((0, 0, 0), (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48))
-
-
-def cache_dir() -> Path:
-    """``$WORKBENCH_CACHE``, else ``~/.cache/workbench``."""
-    return Path(os.environ.get("WORKBENCH_CACHE", Path.home() / ".cache" / "workbench"))
+CLASSES = DEMO.names
 
 
 def _texture(rng: np.random.Generator, size: int, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
@@ -107,8 +103,7 @@ def ensure_demo_set(size: int = 128, train: int = 480, val: int = 96, seed: int 
                 image, labels = render_scene(rng, size)
                 Image.fromarray(image).save(staging / "images" / split / f"{i:05d}.png")
                 Image.fromarray(labels).save(staging / "masks" / split / f"{i:05d}.png")
-        lines = [f"{name} {r} {g} {b}" for name, (r, g, b) in zip(CLASSES, PALETTE, strict=True)]
-        (staging / "classes.txt").write_text("\n".join(lines) + "\n")
+        write_classes(DEMO, staging / "classes.txt")
         try:
             staging.rename(root)
         except OSError:  # another process finished first: keep theirs

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from workbench.config import IMAGENET_MEAN, IMAGENET_STD
+
 IGNORE_INDEX = 255
 
 
@@ -126,8 +128,8 @@ class TrainTransform:
     cat_max_ratio: float = 0.75
     flip: float = 0.5
     photometric: bool = True
-    mean: tuple[float, ...] = (123.675, 116.28, 103.53)
-    std: tuple[float, ...] = (58.395, 57.12, 57.375)
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
 
     def __call__(self, image: torch.Tensor, labels: torch.Tensor, rng: torch.Generator):
         ratio = _uniform(rng, *self.ratio_range)
@@ -146,8 +148,8 @@ class EvalTransform:
     """Resize to the test scale (keep ratio) and normalise; labels stay at their original size."""
 
     scale: tuple[int, int] | None
-    mean: tuple[float, ...] = (123.675, 116.28, 103.53)
-    std: tuple[float, ...] = (58.395, 57.12, 57.375)
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
 
     def __call__(self, image: torch.Tensor, labels: torch.Tensor, rng: torch.Generator | None = None):
         if self.scale is not None:

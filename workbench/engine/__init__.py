@@ -1,8 +1,11 @@
 """Training and evaluation engine."""
 
-from workbench.engine.checkpoint import latest_checkpoint, load_weights, save_checkpoint
-from workbench.engine.evaluate import ConfusionMatrix, Prediction, Predictor, evaluate, predict_probs
-from workbench.engine.train import build_model, train
+from workbench.build import build_model
+from workbench.engine.evaluate import ConfusionMatrix, evaluate, predict_probs
+from workbench.engine.predictor import Prediction, Predictor
+from workbench.engine.train import train
+from workbench.interop import load_weights
+from workbench.interop.checkpoint import latest_checkpoint, save_checkpoint
 
 __all__ = [
     "ConfusionMatrix",

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.distributed as dist
@@ -10,18 +12,37 @@ import torch.distributed.nn as dist_nn
 from torch import nn
 
 
+def launched_by_torchrun() -> bool:
+    """Whether this process is one of a torchrun group (torchrun sets RANK and WORLD_SIZE)."""
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
 def setup() -> tuple[int, int, torch.device]:
     """(rank, world size, device); initialises the process group when launched by torchrun."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    world = int(os.environ["WORLD_SIZE"]) if launched_by_torchrun() else 1
+    local_rank = int(os.environ.get("LOCAL_RANK", "0")) if world > 1 else 0
     if torch.cuda.is_available():
         device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
+        if world > 1:
+            torch.cuda.set_device(device)
     else:
         device = torch.device("cpu")
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return (dist.get_rank() if world > 1 else 0), world, device
+
+
+@contextmanager
+def process_group() -> Iterator[tuple[int, int, torch.device]]:
+    """``setup()`` for the span of a call: a process group it creates is destroyed on exit, so a
+    library call (``train`` in a notebook) leaves the process as it found it."""
+    created = launched_by_torchrun() and int(os.environ["WORLD_SIZE"]) > 1 and not dist.is_initialized()
+    rank, world, device = setup()
+    try:
+        yield rank, world, device
+    finally:
+        if created and dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def is_main() -> bool:
@@ -32,6 +53,13 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     if dist.is_initialized():
         dist.all_reduce(tensor)
     return tensor
+
+
+def any_process(flag: bool, device: torch.device) -> bool:
+    """Whether ``flag`` is true in any process (the flag itself when running alone)."""
+    if not dist.is_initialized():
+        return flag
+    return bool(all_reduce_sum(torch.tensor([float(flag)], device=device)).item())
 
 
 def barrier() -> None:

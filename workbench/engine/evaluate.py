@@ -1,21 +1,19 @@
-"""Evaluation: confusion-matrix metrics, whole / sliding-window / multi-scale + flip inference, Predictor."""
+"""Evaluation: confusion-matrix metrics, whole / sliding-window / multi-scale + flip inference."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import replace
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import nn
 from tqdm import tqdm
 
 from workbench.config import EvalConfig
-from workbench.data.datasets import Classes, default_palette
-from workbench.data.transforms import IGNORE_INDEX, normalize
+from workbench.data.transforms import IGNORE_INDEX
 from workbench.engine.distributed import all_reduce_sum, is_main
+from workbench.models.explain import View, seen_as
 
 
 class ConfusionMatrix:
@@ -60,7 +58,7 @@ class ConfusionMatrix:
         }
 
 
-def _forward_padded(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+def forward_padded(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     """Logits at the input size, padding (and cropping back) to the model's size divisor and minimum."""
     divisor, minimum = getattr(model, "size_divisor", 1), getattr(model, "min_size", 1)
     height, width = images.shape[-2:]
@@ -71,9 +69,16 @@ def _forward_padded(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
 
 
 def slide_logits(
-    model: nn.Module, images: torch.Tensor, window: int, stride: int, num_classes: int
+    model: nn.Module,
+    images: torch.Tensor,
+    window: int,
+    stride: int,
+    num_classes: int,
+    view: View | None = None,
 ) -> torch.Tensor:
-    """Windows on a stride grid, the last one shifted to touch the border; overlapping logits averaged."""
+    """Windows on a stride grid, the last one shifted to touch the border; overlapping logits averaged.
+
+    Each window's forward is tagged with ``view`` and its offset (for the explain mode)."""
     batch, _, height, width = images.shape
     rows = max(height - window + stride - 1, 0) // stride + 1
     cols = max(width - window + stride - 1, 0) // stride + 1
@@ -83,9 +88,13 @@ def slide_logits(
         for c in range(cols):
             bottom, right = min(r * stride + window, height), min(c * stride + window, width)
             top, left = max(bottom - window, 0), max(right - window, 0)
-            logits[:, :, top:bottom, left:right] += _forward_padded(
-                model, images[:, :, top:bottom, left:right]
+            window_view = replace(
+                view or View((height, width)), offset=(top, left), crop=(bottom - top, right - left)
             )
+            with seen_as(window_view):
+                logits[:, :, top:bottom, left:right] += forward_padded(
+                    model, images[:, :, top:bottom, left:right]
+                )
             count[:, :, top:bottom, left:right] += 1
     return logits / count
 
@@ -107,11 +116,13 @@ def predict_probs(model: nn.Module, images: torch.Tensor, cfg: EvalConfig, num_c
             else F.interpolate(images, size=size, mode="bilinear", align_corners=False)
         )
         for flip in (False, True) if cfg.flip else (False,):
-            view = scaled.flip(-1) if flip else scaled
+            view = View(size, flip)  # how this pass sees the image, for the explain mode
+            seen = scaled.flip(-1) if flip else scaled
             if cfg.mode == "slide":
-                logits = slide_logits(model, view, cfg.window, cfg.stride, num_classes)
+                logits = slide_logits(model, seen, cfg.window, cfg.stride, num_classes, view)
             elif cfg.mode == "whole":
-                logits = _forward_padded(model, view)
+                with seen_as(view):
+                    logits = forward_padded(model, seen)
             else:
                 raise ValueError(f"eval.mode must be 'whole' or 'slide', got {cfg.mode!r}")
             logits = logits.flip(-1) if flip else logits
@@ -146,67 +157,3 @@ def evaluate(
         matrix.update(probs[0].argmax(0), labels.to(device))
     model.train(was_training)
     return matrix.reduce().metrics(getattr(dataset, "classes", None) and dataset.classes.names)
-
-
-@dataclass
-class Prediction:
-    labels: np.ndarray  # (H, W) class indices
-    probs: torch.Tensor  # (K, H, W)
-    palette: tuple[tuple[int, int, int], ...] = field(repr=False)
-
-    def colorize(self) -> np.ndarray:
-        """(H, W, 3) uint8 colour map of the labels."""
-        return np.asarray(self.palette, dtype=np.uint8)[self.labels]
-
-    def overlay(self, image: np.ndarray, alpha: float = 0.5) -> np.ndarray:
-        """The colour map blended over ``image`` (H, W, 3) uint8."""
-        return (image.astype(np.float32) * (1 - alpha) + self.colorize() * alpha).astype(np.uint8)
-
-
-class Predictor:
-    """Single-image inference for notebooks, the CLI and the app: uint8 RGB in, labels out.
-
-    predictor = Predictor.from_checkpoint("runs/demo")
-    prediction = predictor(np.asarray(Image.open("photo.jpg")))
-    """
-
-    def __init__(
-        self,
-        model: nn.Module,
-        mean=(123.675, 116.28, 103.53),
-        std=(58.395, 57.12, 57.375),
-        eval_cfg: EvalConfig | None = None,
-        classes: Classes | None = None,
-        device: torch.device | str | None = None,
-    ) -> None:
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.model = model.to(self.device).eval()
-        self.mean, self.std = mean, std
-        self.eval_cfg = eval_cfg or EvalConfig()
-        self.num_classes = model.num_classes
-        if classes is None or len(classes) != self.num_classes:  # e.g. a converted release checkpoint
-            classes = Classes(
-                tuple(str(i) for i in range(self.num_classes)), default_palette(self.num_classes)
-            )
-        self.classes = classes
-
-    @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str | None = None, ema: bool = False) -> Predictor:
-        from workbench.engine.checkpoint import checkpoint_config, load_weights
-        from workbench.engine.train import build_model, dataset_classes
-
-        cfg = checkpoint_config(path)
-        model = build_model(cfg)
-        load_weights(model, path, ema=ema)
-        return cls(model, cfg.data.mean, cfg.data.std, cfg.eval, dataset_classes(cfg), device)
-
-    @torch.no_grad()
-    def __call__(self, image: np.ndarray | Image.Image) -> Prediction:
-        array = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image)
-        if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
-            raise ValueError(
-                f"expected an RGB uint8 image of shape (H, W, 3), got {array.shape} {array.dtype}"
-            )
-        tensor = normalize(torch.from_numpy(array.copy()).permute(2, 0, 1), self.mean, self.std)
-        probs = predict_probs(self.model, tensor[None].to(self.device), self.eval_cfg, self.num_classes)[0]
-        return Prediction(probs.argmax(0).cpu().numpy(), probs.cpu(), self.classes.palette)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import torch
 from torch import nn
@@ -10,18 +11,32 @@ from torch import nn
 from workbench.config import OptimConfig, ScheduleConfig
 
 
+def _body_patterns(model: nn.Module) -> list[re.Pattern] | None:
+    """The regexes of the model's timm-style ``group_matcher()``; None for a model without one."""
+    if not hasattr(model, "group_matcher"):
+        return None
+    patterns = []
+    for spec in model.group_matcher().values():
+        patterns += [regex for regex, _ in spec] if isinstance(spec, list | tuple) else [spec]
+    return [re.compile(pattern) for pattern in patterns if pattern]
+
+
 def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
     """Four groups: (head or not) x (weight decay or not). ``lr_mult`` scales each group's LR.
 
-    Head: any parameter whose name contains "head" (decode and auxiliary heads; mmseg's rule).
-    No decay: names containing one of ``cfg.no_decay`` (norms, biases, position embeddings, tokens).
+    Head: the parameters the model's ``group_matcher()`` leaves unmatched (timm's convention, where
+    unmatched layers are the neck and head): a segmentor's decode and auxiliary heads, a classifier's
+    ``head``. No decay: tensors of at most one dimension (norms, biases) and the names of the model's
+    ``no_weight_decay()`` (position embeddings, tokens, position-bias MLPs).
     """
+    body = _body_patterns(model)
+    no_decay = model.no_weight_decay() if hasattr(model, "no_weight_decay") else set()
     groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        head = "head" in name
-        decay = not any(key in name for key in cfg.no_decay) and param.ndim > 1
+        head = body is not None and not any(pattern.match(name) for pattern in body)
+        decay = param.ndim > 1 and name not in no_decay
         groups.setdefault((head, decay), []).append(param)
     return [
         {

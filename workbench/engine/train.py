@@ -6,94 +6,50 @@
 Resuming is exact: the learning rate is a function of the step, the data order a function of
 (seed, epoch) and every sample's augmentation a function of its own seed, so a run restarted from a
 checkpoint sees the same batches and the same random crops as the run that never stopped.
+
+``train`` is a library call: it creates a process group only under torchrun (and destroys it), and
+the global random number generators (torch, CUDA, numpy, python) are as it found them on return.
+An existing run folder is never overwritten: a run of another model, a fresh start over a run and
+an ``iters`` below the run's step are refused before anything is written; a finished run is left
+as it is. Ctrl-C stops at the end of the current step, saves a checkpoint and raises
+``KeyboardInterrupt`` naming it (a second Ctrl-C stops at once).
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import random
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import timm
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
-from workbench.config import Config, save_config
-from workbench.data import build_datasets
-from workbench.data.datasets import (
-    ADE20K_CLASSES,
-    CITYSCAPES_NAMES,
-    CITYSCAPES_PALETTE,
-    PASCAL_CONTEXT_CLASSES,
-    Classes,
-    default_palette,
-    read_classes,
-)
-from workbench.data.demo import CLASSES as DEMO_CLASSES
-from workbench.data.demo import PALETTE as DEMO_PALETTE
+from workbench.build import build_datasets, build_model
+from workbench.config import Config, load_config, save_config
 from workbench.engine import distributed
-from workbench.engine.checkpoint import latest_checkpoint, load_state, load_weights, resolve, save_checkpoint
-from workbench.engine.classification import (
-    Classifier,
-    classification_classes,
-    classification_datasets,
-    evaluate_classifier,
-)
-from workbench.engine.evaluate import evaluate
 from workbench.engine.optim import build_optimizer, learning_rate, set_learning_rate
-from workbench.models import create_segmentor
+from workbench.engine.tasks import task_of
+from workbench.interop import load_weights
+from workbench.interop.checkpoint import (
+    CONFIG,
+    latest_checkpoint,
+    load_state,
+    prune_checkpoints,
+    remove_staging,
+    resolve,
+    save_checkpoint,
+)
 
 Callback = Callable[[str, dict[str, Any]], None]
-
-
-def dataset_classes(cfg: Config) -> Classes:
-    """Class names and colours of the configured data set (without reading its images)."""
-    data = cfg.data
-    if data.dataset == "demo":
-        return Classes(DEMO_CLASSES, DEMO_PALETTE)
-    if data.dataset == "cityscapes":
-        return Classes(CITYSCAPES_NAMES, CITYSCAPES_PALETTE)
-    if data.dataset == "folder":
-        return read_classes(Path(data.root) / "classes.txt")
-    count = data.num_classes or {"ade20k": ADE20K_CLASSES, "pascal_context": PASCAL_CONTEXT_CLASSES}.get(
-        data.dataset, 0
-    )
-    if not count:
-        raise ValueError(f"unknown data set {data.dataset!r}")
-    return Classes(tuple(f"class_{i}" for i in range(count)), default_palette(count))
-
-
-def build_model(cfg: Config) -> nn.Module:
-    """The configured segmentor, or for ``task: classification`` a timm classifier in a ``Classifier``."""
-    if cfg.task == "classification":
-        data = cfg.data
-        num_classes = data.num_classes or len(classification_classes(cfg))
-        model = timm.create_model(cfg.model.name, num_classes=num_classes, **cfg.model.kwargs)
-        return Classifier(model, num_classes, data.mixup, data.cutmix, data.label_smoothing)
-    if cfg.task != "segmentation":
-        raise ValueError(f"task must be 'segmentation' or 'classification', got {cfg.task!r}")
-    num_classes = cfg.data.num_classes or len(dataset_classes(cfg))
-    return create_segmentor(cfg.model.name, num_classes=num_classes, **cfg.model.kwargs)
-
-
-def evaluate_task(
-    cfg: Config, model: nn.Module, val_set, device="cpu", rank=0, world=1, progress=True
-) -> dict:
-    """Segmentation metrics (mIoU, aAcc, per class) or classification accuracy (top-1, top-5)."""
-    if cfg.task == "classification":
-        return evaluate_classifier(model, val_set, device, rank, world, progress)
-    return evaluate(model, val_set, cfg.eval, model.num_classes, device, rank, world, progress)
-
-
-def build_task_datasets(cfg: Config) -> tuple[Any, Any]:
-    if cfg.task == "classification":
-        return classification_datasets(cfg.data)
-    return build_datasets(cfg.data, cfg.seed)
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -188,12 +144,80 @@ class _Log:
             self.writer.close()
 
 
-def _resume_from(cfg: Config, resume: bool | str | Path) -> Path | None:
+@contextlib.contextmanager
+def _scoped_global_rng() -> Iterator[None]:
+    """The torch (CPU and CUDA), numpy and python RNG states are restored on exit."""
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    try:
+        with torch.random.fork_rng(devices=devices):
+            yield
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+
+
+@contextlib.contextmanager
+def _deferred_interrupt() -> Iterator[threading.Event]:
+    """The first Ctrl-C sets the event (the loop stops after its step and saves); a second one
+    interrupts at once. Outside the main thread signals cannot be caught: the event stays unset."""
+    requested = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield requested
+        return
+
+    def on_interrupt(signum: int, frame: Any) -> None:
+        if requested.is_set():
+            raise KeyboardInterrupt
+        requested.set()
+
+    previous = signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        yield requested
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _same_model(cfg: Config, other: Config) -> bool:
+    """Whether a checkpoint of ``other`` fits the model ``cfg`` builds."""
+    return (cfg.task, cfg.model, cfg.data.dataset, cfg.data.num_classes) == (
+        other.task,
+        other.model,
+        other.data.dataset,
+        other.data.num_classes,
+    )
+
+
+def _run_exists(work_dir: Path) -> bool:
+    return any((work_dir / name).exists() for name in (CONFIG, "log.csv", "checkpoints"))
+
+
+def _checkpoint_to_resume(cfg: Config, resume: bool | str | Path) -> Path | None:
+    """The checkpoint ``resume`` names, after refusing what would overwrite another run."""
+    work_dir = Path(cfg.work_dir)
+    if work_dir.exists() and not work_dir.is_dir():
+        raise ValueError(f"work_dir {work_dir} is a file, not a folder")
+    if _run_exists(work_dir):
+        if resume is False or resume is None:
+            raise ValueError(
+                f"work_dir {work_dir} already holds a run; resume it (--resume auto) or choose a new work_dir"
+            )
+        if (work_dir / CONFIG).is_file() and not _same_model(cfg, previous := load_config(work_dir / CONFIG)):
+            raise ValueError(
+                f"work_dir {work_dir} holds a run of {previous.model.name} on {previous.data.dataset}, not "
+                f"{cfg.model.name} on {cfg.data.dataset}: choose a new work_dir"
+            )
     if resume is False or resume is None:
         return None
     if resume is True or resume == "auto":
-        return latest_checkpoint(cfg.work_dir)
-    return resolve(resume)
+        return latest_checkpoint(work_dir)
+    checkpoint = resolve(resume)
+    if not _same_model(cfg, previous := load_config(checkpoint / CONFIG)):
+        raise ValueError(
+            f"checkpoint {checkpoint} is of {previous.model.name} on {previous.data.dataset}, not "
+            f"{cfg.model.name} on {cfg.data.dataset}"
+        )
+    return checkpoint
 
 
 def train(
@@ -204,20 +228,55 @@ def train(
     resume: bool | str | Path = "auto",
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Train ``cfg.iters`` optimiser steps; returns the last losses, step and evaluation metrics.
+    """Train ``cfg.iters`` optimiser steps; returns the step, the last losses and evaluation metrics.
 
     ``resume="auto"`` continues from the newest checkpoint in ``cfg.work_dir``; a path continues from
-    that checkpoint; ``False`` starts afresh. Callbacks get ("step" | "eval" | "checkpoint", info).
+    that checkpoint; ``False`` starts afresh (in a folder that holds no run). Callbacks get
+    ("step" | "eval" | "checkpoint", info). A run already at ``cfg.iters`` returns at once with
+    ``finished: True``.
     """
-    rank, world, device = distributed.setup()
+    cfg.validate()  # a notebook may have edited fields since the config was loaded
+    with distributed.process_group() as (rank, world, device), _scoped_global_rng():
+        return _train(cfg, model, datasets, callbacks, resume, progress, rank, world, device)
+
+
+def _train(
+    cfg: Config,
+    model: nn.Module | None,
+    datasets: tuple[Any, Any] | None,
+    callbacks: Sequence[Callback],
+    resume: bool | str | Path,
+    progress: bool,
+    rank: int,
+    world: int,
+    device: torch.device,
+) -> dict[str, Any]:
     main = rank == 0
+    work_dir = Path(cfg.work_dir)
+    task = task_of(cfg)
+    checkpoint = _checkpoint_to_resume(cfg, resume)
+    state = load_state(checkpoint) if checkpoint is not None else {}
+    start = state.get("step", 0)
+    if start > cfg.iters:
+        raise ValueError(
+            f"iters={cfg.iters} is below step {start} that {checkpoint} reached: set iters to at least "
+            f"{start}, or choose a new work_dir"
+        )
+    if checkpoint is not None and start == cfg.iters:
+        if main:
+            print(f"{work_dir} is finished (step {start} of {cfg.iters}); nothing to do")
+        return {"step": start, "finished": True, "best": state.get("best")}
+
     torch.manual_seed(cfg.seed)  # the same initial weights in every process
     model = model if model is not None else build_model(cfg)
-    train_set, val_set = datasets if datasets is not None else build_task_datasets(cfg)
-    work_dir = Path(cfg.work_dir)
+    train_set, val_set = datasets if datasets is not None else build_datasets(cfg)
+    if val_set is not None:
+        task.check(cfg, val_set)  # now, not after hours of training
+    distributed.barrier()  # every process has read the run folder before the main one writes to it
     if main:
         work_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, work_dir / "config.yaml")
+        remove_staging(work_dir)
+        save_config(cfg, work_dir / CONFIG)
     model.to(device)
     if world > 1:
         model = distributed.convert_sync_batchnorm(model, device)
@@ -236,16 +295,15 @@ def train(
 
         ema = ModelEmaV3(model, decay=cfg.ema)
 
-    start = 0
-    checkpoint = _resume_from(cfg, resume)
+    best = state.get("best")  # {"metric", "value", "step"} of the best evaluated checkpoint
     if checkpoint is not None:
+        if main:
+            print(f"resuming from step {start} of {checkpoint.parent.parent}")
         load_weights(model, checkpoint)
-        state = load_state(checkpoint)
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
         if ema is not None:
             load_weights(ema.module, checkpoint, ema=True)
-        start = state["step"]
 
     sampler = TrainSampler(len(train_set), cfg.data.batch_size, cfg.seed, rank, world, start * cfg.grad_accum)
     loader = DataLoader(
@@ -264,28 +322,32 @@ def train(
     bar = tqdm(
         total=cfg.iters, initial=start, desc="train", disable=not (progress and main), dynamic_ncols=True
     )
-    result: dict[str, Any] = {"step": start}
+    result: dict[str, Any] = {"step": start, "best": best}
 
     def notify(event: str, info: dict[str, Any]) -> None:
         for callback in callbacks:
             callback(event, info)
 
-    def save(step: int) -> None:
+    def save(step: int) -> Path:
+        path = work_dir / "checkpoints" / f"iter_{step:07d}"
         if main:
             rng = {"rng_cpu": torch.get_rng_state()}
             if device.type == "cuda":
                 rng["rng_cuda"] = torch.cuda.get_rng_state(device)
-            state = {"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), **rng}
-            path = save_checkpoint(work_dir, step, model, cfg, state, ema.module if ema is not None else None)
+            state = {"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "best": best, **rng}
+            save_checkpoint(work_dir, step, model, cfg, state, ema.module if ema is not None else None)
+            keep = [work_dir / "checkpoints" / f"iter_{best['step']:07d}"] if best else []
+            prune_checkpoints(work_dir, cfg.keep_checkpoints, keep)
             notify("checkpoint", {"step": step, "path": str(path)})
         distributed.barrier()
+        return path
 
     def run_eval(step: int) -> dict[str, Any]:
-        metrics = evaluate_task(
+        metrics = task.evaluate(
             cfg, ema.module if ema is not None else model, val_set, device, rank, world, progress
         )
         if main:
-            log.write(step, {f"val/{k}": v for k, v in metrics.items() if not isinstance(v, dict)})
+            log.write(step, {f"val/{name}": metrics[name] for name in task.metric_names})
         notify("eval", {"step": step, "metrics": metrics})
         return metrics
 
@@ -293,57 +355,71 @@ def train(
     tic = time.perf_counter()
     pending: dict[str, float] = {}  # training figures summed since the last log row
     pending_steps = 0
-    for step in range(start, cfg.iters):
-        lr = learning_rate(step, cfg.iters, cfg.optim.lr, cfg.schedule)
-        set_learning_rate(optimizer, lr)
-        totals: dict[str, float] = {}
-        for micro in range(cfg.grad_accum):
-            images, targets = (t.to(device, non_blocking=True) for t in next(batches))
-            # Gradients are all-reduced only on the last micro-step: syncing each one would cost
-            # grad_accum all-reduces for the same result.
-            last = micro == cfg.grad_accum - 1
-            sync = contextlib.nullcontext() if last or world == 1 else loss_module.no_sync()
-            with sync, torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                losses = loss_module(images, targets)
-                loss = losses["loss"] / cfg.grad_accum
-            if not torch.isfinite(loss):
+    with _deferred_interrupt() as interrupt:
+        for step in range(start, cfg.iters):
+            lr = learning_rate(step, cfg.iters, cfg.optim.lr, cfg.schedule)
+            set_learning_rate(optimizer, lr)
+            totals: dict[str, float] = {}
+            for micro in range(cfg.grad_accum):
+                images, targets = (t.to(device, non_blocking=True) for t in next(batches))
+                # Gradients are all-reduced only on the last micro-step: syncing each one would cost
+                # grad_accum all-reduces for the same result.
+                last = micro == cfg.grad_accum - 1
+                sync = contextlib.nullcontext() if last or world == 1 else loss_module.no_sync()
+                with sync, torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+                    losses = loss_module(images, targets)
+                    loss = losses["loss"] / cfg.grad_accum
+                if not torch.isfinite(loss):
+                    bar.close()
+                    log.close()
+                    kept = latest_checkpoint(work_dir)
+                    raise FloatingPointError(
+                        f"loss is {loss.item()} at step {step + 1}; stopped. Last good checkpoint: {kept or 'none'}"
+                    )
+                scaler.scale(loss).backward()
+                for key, value in losses.items():
+                    totals[key] = totals.get(key, 0.0) + value.item() / cfg.grad_accum
+            if cfg.clip_grad:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            if ema is not None:  # timm counts updates from 1; the first one copies the weights
+                ema.update(model, step=step + 1)
+
+            done = step + 1
+            elapsed, tic = time.perf_counter() - tic, time.perf_counter()
+            rate = cfg.data.batch_size * world * cfg.grad_accum / max(elapsed, 1e-9)
+            result.update(step=done, losses=totals, lr=lr)
+            for key, value in {**totals, "img_per_s": rate}.items():
+                pending[key] = pending.get(key, 0.0) + value
+            pending_steps += 1
+            if main and (done % cfg.log_interval == 0 or done == cfg.iters):  # means since the last row
+                log.write(
+                    done, {**{f"train/{k}": v / pending_steps for k, v in pending.items()}, "train/lr": lr}
+                )
+                pending, pending_steps = {}, 0
+            bar.set_postfix(loss=f"{totals['loss']:.4f}", lr=f"{lr:.2e}", img_s=f"{rate:.1f}")
+            bar.update(1)
+            notify("step", {"step": done, "losses": totals, "lr": lr, "img_per_s": rate})
+
+            improved = False
+            if val_set is not None and (
+                done == cfg.iters or (cfg.eval.interval and done % cfg.eval.interval == 0)
+            ):
+                result["metrics"] = run_eval(done)
+                value = result["metrics"][task.best_metric]
+                if best is None or value > best["value"]:
+                    best = result["best"] = {"metric": task.best_metric, "value": value, "step": done}
+                    improved = True
+            stop = distributed.any_process(interrupt.is_set(), device)
+            if done % cfg.checkpoint_interval == 0 or done == cfg.iters or improved or stop:
+                path = save(done)
+            if stop:
                 bar.close()
                 log.close()
-                kept = latest_checkpoint(work_dir)
-                raise FloatingPointError(
-                    f"loss is {loss.item()} at step {step + 1}; stopped. Last good checkpoint: {kept or 'none'}"
-                )
-            scaler.scale(loss).backward()
-            for key, value in losses.items():
-                totals[key] = totals.get(key, 0.0) + value.item() / cfg.grad_accum
-        if cfg.clip_grad:
-            scaler.unscale_(optimizer)
-            nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-        if ema is not None:
-            ema.update(model, step=step)
-
-        done = step + 1
-        elapsed, tic = time.perf_counter() - tic, time.perf_counter()
-        rate = cfg.data.batch_size * world * cfg.grad_accum / max(elapsed, 1e-9)
-        result.update(step=done, losses=totals, lr=lr)
-        for key, value in {**totals, "img_per_s": rate}.items():
-            pending[key] = pending.get(key, 0.0) + value
-        pending_steps += 1
-        if main and (done % cfg.log_interval == 0 or done == cfg.iters):  # means since the last row
-            log.write(done, {**{f"train/{k}": v / pending_steps for k, v in pending.items()}, "train/lr": lr})
-            pending, pending_steps = {}, 0
-        bar.set_postfix(loss=f"{totals['loss']:.4f}", lr=f"{lr:.2e}", img_s=f"{rate:.1f}")
-        bar.update(1)
-        notify("step", {"step": done, "losses": totals, "lr": lr, "img_per_s": rate})
-        if cfg.eval.interval and done % cfg.eval.interval == 0 and done < cfg.iters and val_set is not None:
-            result["metrics"] = run_eval(done)
-        if done % cfg.checkpoint_interval == 0 or done == cfg.iters:
-            save(done)
+                raise KeyboardInterrupt(f"interrupted at step {done}; saved {path}")
     bar.close()
-    if val_set is not None and result["step"] == cfg.iters:
-        result["metrics"] = run_eval(cfg.iters)
     log.close()
     return result

@@ -13,7 +13,7 @@ from urllib.parse import urlparse
 
 from tqdm import tqdm
 
-from workbench.data.demo import cache_dir as workbench_cache
+from workbench.cache import cache_dir as workbench_cache
 
 
 @dataclass(frozen=True)
@@ -26,16 +26,28 @@ class Release:
     sha256: str | None = None  # full hash, or a prefix (timm's files carry one in their names)
     page: str = ""
 
+    @property
+    def downloadable(self) -> bool:
+        """Only a direct link with a recorded hash is downloaded: every download is checked."""
+        return self.url is not None and self.sha256 is not None
 
+
+# GPViT's release publishes no hashes and none has been recorded here yet: until one is (the sha256
+# of each file, from a machine with network access), these entries name the file to fetch by hand.
 _GPVIT = "https://github.com/ChenhongyiYang/GPViT/releases/download/v0.0.1"
+_GPVIT_PAGE = "https://github.com/ChenhongyiYang/GPViT/releases/tag/v0.0.1"
 _TIMM = "https://github.com/rwightman/pytorch-image-models/releases/download/v0.1-vitjx"
 CATALOGUE: dict[str, Release] = {
     **{
-        f"gpvit_l{n}_in1k": Release(f"{_GPVIT}/gpvit_l{n}_in1k_300e.pth", f"gpvit_l{n}", "gpvit")
+        f"gpvit_l{n}_in1k": Release(
+            f"{_GPVIT}/gpvit_l{n}_in1k_300e.pth", f"gpvit_l{n}", "gpvit", page=_GPVIT_PAGE
+        )
         for n in range(1, 5)
     },
     **{
-        f"gpvit_l{n}_{head}_ade20k": Release(f"{_GPVIT}/gpvit_l{n}_{head}.pth", f"gpvit_l{n}_{head}", "gpvit")
+        f"gpvit_l{n}_{head}_ade20k": Release(
+            f"{_GPVIT}/gpvit_l{n}_{head}.pth", f"gpvit_l{n}_{head}", "gpvit", page=_GPVIT_PAGE
+        )
         for n in range(1, 5)
         for head in ("upernet", "segformer")
     },
@@ -126,9 +138,13 @@ def resolve_source(source: str | Path) -> Path:
     text = str(source)
     if text in CATALOGUE:
         release = CATALOGUE[text]
-        if release.url is None:
+        if not release.downloadable:
+            why = (
+                "no direct download link" if release.url is None else "no recorded sha256 to check it against"
+            )
             raise ValueError(
-                f"{text} has no direct download link; get it from {release.page} and pass the file's path"
+                f"{text} has {why}; get it from {release.url or release.page} and pass the file's path "
+                f"(load_pretrained(model, PATH) or workbench convert PATH OUT --model {release.model})"
             )
         return download(release.url, release.sha256)
     if text.startswith(("http://", "https://")):

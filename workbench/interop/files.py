@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import pickle
-import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 # Containers the released checkpoints wrap their weights in: mmcv ("state_dict"), DeiT / timm
@@ -23,28 +23,53 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     would run code or build arbitrary objects is refused, never executed.
     """
     path = Path(path)
-    if path.is_dir():  # a workbench checkpoint, or a run folder (its newest checkpoint)
-        from workbench.engine.checkpoint import WEIGHTS, resolve
-
-        return read_state_dict(resolve(path) / WEIGHTS)
     if not path.is_file():
         raise ValueError(f"checkpoint file {path} does not exist")
-    try:
-        if path.suffix == ".safetensors":
+    if path.suffix == ".safetensors":
+        with _read_errors(path):
             return load_file(str(path))
-        if path.suffix == ".npz":
-            with np.load(path, allow_pickle=False) as arrays:
-                return {key: torch.from_numpy(np.array(arrays[key])) for key in arrays.files}
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    if path.suffix == ".npz":
+        with _read_errors(path), np.load(path, allow_pickle=False) as arrays:
+            return {key: torch.from_numpy(np.array(arrays[key])) for key in arrays.files}
+    return unwrap(torch_load(path), path)
+
+
+def torch_load(path: Path) -> object:
+    """``torch.load(path, weights_only=True)`` on the CPU; unreadable or unsafe files give a ValueError."""
+    if not path.is_file():
+        raise ValueError(f"{path} does not exist")
+    with path.open("rb") as file:
+        magic = file.read(2)
+    if magic not in (b"PK", b"\x80\x02"):  # torch's zip format, or its legacy pickle (protocol 2)
+        raise ValueError(f"cannot read {path} (truncated or not a checkpoint?): it is not a torch.save file")
+    with _read_errors(path):
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+@contextmanager
+def _read_errors(path: Path) -> Iterator[None]:
+    """Turn what a truncated, empty, foreign or unsafe file raises into a one-line ValueError."""
+    try:
+        yield
     except pickle.UnpicklingError as error:
+        if "Weights only load failed" not in str(error):  # not a pickle at all (e.g. a text file)
+            raise ValueError(
+                f"cannot read {path} (truncated or not a checkpoint?): {_first_line(error)}"
+            ) from error
         raise ValueError(
             f"refused to load {path}: it holds pickled objects other than tensors (possibly code). Only "
             f"weights are read (torch.load(weights_only=True)); convert it to safetensors in a trusted "
-            f"environment. Detail: {str(error).splitlines()[0]}"
+            f"environment. Detail: {_first_line(error)}"
         ) from error
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, SafetensorError, ValueError) as error:
-        raise ValueError(f"cannot read {path} (truncated or not a checkpoint?): {error}") from error
-    return unwrap(loaded, path)
+    except Exception as error:  # damaged or foreign bytes make the parsers raise almost anything
+        raise ValueError(
+            f"cannot read {path} (truncated or not a checkpoint?): {_first_line(error)}"
+        ) from error
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
 
 
 def unwrap(loaded: object, source: object = "checkpoint") -> dict[str, torch.Tensor]:

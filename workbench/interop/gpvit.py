@@ -10,8 +10,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import torch
+from torch import nn
 
+from workbench.interop.formats import Format, StateDict, part_of
 from workbench.interop.keymap import KeyMap, rename_keys
+from workbench.models.gpvit import GPViT
+from workbench.models.layers import resample_pos_embed
+from workbench.models.segmentor import Segmentor
 
 # Inside the backbone: (workbench, official), most specific first.
 BACKBONE = KeyMap(
@@ -76,3 +81,42 @@ def from_official(state_dict: Mapping[str, torch.Tensor], segmentor: bool) -> di
         return OUTSIDE.to_ours(key)
 
     return rename_keys(state_dict, rename)
+
+
+def _checked(model: nn.Module) -> nn.Module:
+    """``model`` itself, once it is known to be (or to hold) a GPViT."""
+    part_of(model, GPViT, "gpvit", "GPViT models")
+    return model
+
+
+def _from_release(state: StateDict, model: nn.Module) -> tuple[StateDict, list[str]]:
+    """An official classifier or segmentor checkpoint -> ``model``: a segmentor takes the backbone
+    (and the heads, if the source has them); position embeddings are resampled bicubically, as mmcls
+    does, to the model's pre-training grid."""
+    backbone = part_of(model, GPViT, "gpvit", "GPViT models")
+    segmentor = isinstance(model, Segmentor)
+    converted, notes = from_official(state, segmentor=segmentor), []
+    if segmentor:
+        classifier = [k for k in converted if k.startswith(("neck.", "head."))]
+        if classifier:
+            notes.append(f"dropped the ImageNet classifier's neck and head ({len(classifier)} tensors)")
+            converted = {k: v for k, v in converted.items() if k not in classifier}
+    key = "backbone.pos_embed" if segmentor else "pos_embed"
+    if key in converted and converted[key].shape != backbone.pos_embed.shape:
+        side = round(converted[key].shape[1] ** 0.5)
+        converted[key] = resample_pos_embed(
+            converted[key], backbone.pretrain_grid, (side, side), rule="bicubic"
+        )
+        height, width = backbone.pretrain_grid
+        notes.append(f"resampled pos_embed {side}x{side} -> {height}x{width} (bicubic)")
+    return converted, notes
+
+
+# Dense-output norms exist only in the segmentation checkpoints: new when loading ImageNet weights.
+GPVIT_RELEASE = Format(
+    "gpvit",
+    detect=lambda keys: any(".group_layer." in k or ".attns.0.get_v." in k for k in keys),
+    convert=_from_release,
+    fresh=".out_norms.",
+    export=lambda model: to_official(_checked(model).state_dict()),
+)

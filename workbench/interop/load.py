@@ -14,19 +14,26 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-from timm.layers import resample_abs_pos_embed
 from torch import nn
 
+from workbench.interop.checkpoint import EMA_WEIGHTS, is_checkpoint, weights_file
+from workbench.interop.download import resolve_source
 from workbench.interop.files import read_state_dict
-from workbench.interop.gpvit import from_official
-from workbench.interop.vit import setr_state
+from workbench.interop.formats import StateDict
+from workbench.interop.gpvit import GPVIT_RELEASE
+from workbench.interop.hlg import HLG_RELEASE
+from workbench.interop.vit import DEIT, JAX, MMSEG_SETR, SETR_OFFICIAL, TIMM
 
-FORMATS = ("auto", "workbench", "gpvit", "setr_official", "mmseg_setr", "timm", "deit", "jax", "hlg")
+# Release layouts in detection order: the most specific key patterns first.
+RELEASES = (JAX, GPVIT_RELEASE, MMSEG_SETR, SETR_OFFICIAL, DEIT, TIMM, HLG_RELEASE)
+_RELEASE_NAMED = {entry.name: entry for entry in RELEASES}
+FORMATS = ("auto", "workbench", *_RELEASE_NAMED)
 
 
 @dataclass
 class LoadReport:
+    """What ``load_pretrained`` did: the layout it read, and every tensor's fate by key name."""
+
     format: str
     source: str
     loaded: list[str] = field(default_factory=list)
@@ -53,131 +60,48 @@ class LoadReport:
         return "\n".join(lines)
 
 
-def detect_format(state: dict[str, torch.Tensor], model: nn.Module) -> str:
+def detect_format(state: StateDict, model: nn.Module) -> str:
+    """The layout of ``state``: ``"workbench"`` when its keys are the model's own, else the first
+    release format (in ``RELEASES`` order) that recognises them."""
     keys = set(state)
     if len(keys & set(model.state_dict())) >= 0.9 * len(keys):
         return "workbench"
-    checks = (
-        ("jax", lambda k: k.startswith("Transformer/") or k == "embedding/kernel"),
-        ("gpvit", lambda k: ".group_layer." in k or ".attns.0.get_v." in k),
-        ("mmseg_setr", lambda k: k.endswith("attn.attn.in_proj_weight")),
-        ("setr_official", lambda k: k.startswith("backbone.blocks.0.")),
-        ("deit", lambda k: k == "dist_token"),
-        ("timm", lambda k: k.startswith("blocks.0.attn.qkv")),
-        ("hlg", lambda k: k.startswith(("s0_conv.", "block1.", "backbone.s0_conv."))),
-    )
-    for name, test in checks:
-        if any(test(k) for k in keys):
-            return name
-    raise ValueError(
-        f"cannot tell the checkpoint layout from its keys (first: {sorted(keys)[:5]}); pass format= one of {FORMATS[1:]}"
-    )
-
-
-def _hlg_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Released HLG backbone names (``s0_conv``, ``blockN``, ``norm_out_i``) -> ours."""
-    renames = (
-        (r"^s0_conv\.", "stem."),
-        (r"\.down_proj\.proj\.", ".mlp_step.downsample."),
-        (r"\.mlp\.fc1\.", ".mlp_step.mlp.0."),
-        (r"\.mlp\.norm1\.", ".mlp_step.mlp.1."),
-        (r"\.mlp\.fc2\.", ".mlp_step.mlp.3."),
-        (r"\.mlp\.norm2\.", ".mlp_step.mlp.4."),
-        (r"\.mlp\.fc3\.", ".mlp_step.mlp.6."),
-        (r"\.norm2\.", ".mlp_step.norm."),
-        (r"\.spatial_smooth\.0\.", ".smooth.block."),
-        (r"\.norm0\.", ".local_norm."),
-        (r"\.pos_local\.", ".local_attn.position_bias."),
-        (r"\.h0_norm\.", ".window_norm."),
-        (r"^block4\.(\d+)\.norm1\.", r"block4.\1.attn_norm."),
-        (r"\.norm1\.", ".query_norm."),
-        (r"\.aux_q\.", ".query_conv."),
-        (r"\.pos_global\.", ".global_attn.position_bias."),
-        (r"^norm_out_(\d)\.", r"norms.\1."),
-        (r"^norm\.", "norms.3."),
-    )
-    out = {}
-    for key, value in state.items():
-        key = key.removeprefix("backbone.")
-        for pattern, replacement in renames:
-            key = re.sub(pattern, replacement, key)
-        key = re.sub(r"^block([1-4])\.", lambda m: f"stages.{int(m.group(1)) - 1}.", key)
-        out[key] = value
-    return out
-
-
-def convert(
-    state: dict[str, torch.Tensor], kind: str, model: nn.Module, notes: list[str]
-) -> dict[str, torch.Tensor]:
-    """Source tensors -> the model's key names (shapes untouched except documented resampling)."""
-    from workbench.models import SETR, GPViT
-    from workbench.models.hlg import HLG
-    from workbench.models.segmentor import Segmentor
-
-    if kind == "workbench":
-        return dict(state)
-    if kind in ("timm", "deit", "jax", "setr_official", "mmseg_setr"):
-        if not isinstance(model, SETR):
-            raise ValueError(f"a {kind} checkpoint loads into SETR segmentors, not {type(model).__name__}")
-        return setr_state(state, kind, model, notes)
-    if kind == "gpvit":
-        backbone = model.backbone if isinstance(model, Segmentor) else model
-        if not isinstance(backbone, GPViT):
-            raise ValueError(f"a GPViT checkpoint loads into GPViT models, not {type(model).__name__}")
-        converted = from_official(state, segmentor=isinstance(model, Segmentor))
-        prefix = "backbone." if isinstance(model, Segmentor) else ""
-        if isinstance(model, Segmentor):
-            classifier = [k for k in converted if k.startswith(("neck.", "head."))]
-            if classifier:
-                notes.append(f"dropped the ImageNet classifier's neck and head ({len(classifier)} tensors)")
-                converted = {k: v for k, v in converted.items() if k not in classifier}
-        key = prefix + "pos_embed"
-        if key in converted and converted[key].shape != backbone.pos_embed.shape:
-            side = round(converted[key].shape[1] ** 0.5)
-            converted[key] = resample_abs_pos_embed(
-                converted[key],
-                new_size=backbone.pretrain_grid,
-                old_size=(side, side),
-                num_prefix_tokens=0,
-                antialias=False,
-            )  # bicubic, as the model itself resamples
-            notes.append(
-                f"resampled pos_embed {side}x{side} -> {backbone.pretrain_grid[0]}x{backbone.pretrain_grid[1]} (bicubic)"
-            )
-        return converted
-    if kind == "hlg":
-        backbone = model.backbone if isinstance(model, Segmentor) else model
-        if not isinstance(backbone, HLG):
-            raise ValueError(f"an HLG checkpoint loads into HLG models, not {type(model).__name__}")
-        converted = _hlg_keys(state)
-        if isinstance(model, Segmentor):
-            dropped = [k for k in converted if k.startswith("head.")]
-            if dropped:
-                notes.append("dropped the ImageNet classifier head")
-            return {"backbone." + k: v for k, v in converted.items() if k not in dropped}
-        return converted
-    raise ValueError(f"unknown format {kind!r}; expected one of {FORMATS}")
+    found = next((entry.name for entry in RELEASES if entry.detect(keys)), None)
+    if found is None:
+        raise ValueError(
+            f"cannot tell the checkpoint layout from its keys (first: {sorted(keys)[:5]}); "
+            f"pass format= one of {FORMATS[1:]}"
+        )
+    return found
 
 
 def load_pretrained(
-    model: nn.Module, source: str | Path, format: str = "auto", strict: bool = True
+    model: nn.Module, source: str | Path, format: str = "auto", strict: bool = True, ema: bool = False
 ) -> LoadReport:
-    """Load ``source`` (a path, a URL or a catalogue name) into ``model``; see ``LoadReport``.
+    """Load ``source`` into ``model``; see ``LoadReport``.
 
-    Backbone-only sources fill a segmentor's backbone and keep its heads as initialised. A classifier
-    head whose class count differs is dropped (reported). Position embeddings are resampled to the
-    model's grid. With ``strict``, any missing, unexpected or mis-shaped tensor (outside those
-    documented cases) raises a ValueError listing them, and nothing is loaded.
+    ``source`` is a path (a released file, or a workbench checkpoint / run folder), a URL or a
+    catalogue name; ``ema`` picks a workbench checkpoint's EMA weights. Backbone-only sources fill a
+    segmentor's backbone and keep its heads as initialised. A classifier whose class count differs is
+    dropped (reported). Position embeddings are resampled to the model's grid. With ``strict``, any
+    missing, unexpected or mis-shaped tensor (outside those documented cases) raises a ValueError
+    whose text is the report, and nothing is loaded.
     """
-    from workbench.interop.download import resolve_source
-
     if format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
-    path = resolve_source(source)
+    workbench_source = format == "workbench" or (format == "auto" and is_checkpoint(source))
+    if ema and not workbench_source:
+        raise ValueError(f"ema=True needs a workbench checkpoint with {EMA_WEIGHTS}; {source} is not one")
+    path = weights_file(source, ema) if workbench_source else resolve_source(source)
     state = read_state_dict(path)
-    kind = detect_format(state, model) if format == "auto" else format
+    kind = "workbench" if workbench_source else detect_format(state, model) if format == "auto" else format
     report = LoadReport(kind, str(source))
-    converted = convert(state, kind, model, report.notes)
+    if kind == "workbench":  # the model's own layout: nothing to convert
+        converted, fresh = dict(state), ""
+    else:
+        converted, notes = _RELEASE_NAMED[kind].convert(state, model)
+        report.notes += notes
+        fresh = _RELEASE_NAMED[kind].fresh
     expected = model.state_dict()
     for key, value in list(converted.items()):
         if key in expected and value.shape != expected[key].shape:
@@ -198,12 +122,11 @@ def load_pretrained(
         else ""
     )
     absent = sorted(k for k in expected if k not in converted)
-    # Dense-output norms exist only in GPViT's segmentation checkpoints: new when loading ImageNet weights.
-    fresh = [k for k in absent if kind == "gpvit" and ".out_norms." in f".{k}"]
-    if fresh:
-        report.notes.append(f"{len(fresh)} dense-output norm tensors are new in this model (initialised)")
+    new = [k for k in absent if fresh and fresh in f".{k}"]
+    if new:
+        report.notes.append(f"{len(new)} {fresh.strip('.')} tensors are new in this model (initialised)")
     report.missing = [
-        k for k in absent if k.startswith(covered) and not _is_dropped_head(k, report) and k not in fresh
+        k for k in absent if k.startswith(covered) and not _is_dropped_head(k, report) and k not in new
     ]
     report.kept = [k for k in absent if k not in report.missing]
     if strict and not report.clean:
@@ -212,6 +135,21 @@ def load_pretrained(
     model.load_state_dict({**expected, **{k: v.to(expected[k].dtype) for k, v in loadable.items()}})
     report.loaded = sorted(loadable)
     return report
+
+
+def export_state(model: nn.Module, format: str) -> StateDict:
+    """``model``'s tensors under a release layout's names (``gpvit``, ``setr_official``,
+    ``mmseg_setr``, ``hlg``): what ``load_pretrained(..., format=format)`` reads back."""
+    entry = _RELEASE_NAMED.get(format)
+    if entry is None or entry.export is None:
+        exportable = [e.name for e in RELEASES if e.export is not None]
+        raise ValueError(f"format must be one of {exportable} to export, got {format!r}")
+    return entry.export(model)
+
+
+def load_weights(model: nn.Module, path: str | Path, ema: bool = False) -> LoadReport:
+    """A workbench checkpoint or run folder into ``model``, strictly (``load_pretrained``'s report)."""
+    return load_pretrained(model, path, format="workbench", ema=ema)
 
 
 def _is_classifier(key: str) -> bool:

@@ -1,13 +1,38 @@
 """Plain-ViT and SETR checkpoints -> workbench SETR: timm / Google JAX / DeiT encoders, the official
-SETR release and mmseg 1.x SETR (see the key tables in the SETR specification)."""
+SETR release and mmseg 1.x SETR (see the key tables in the SETR specification).
+
+Every layout is a key map (``KeyMap``) plus the few tensor layout changes JAX needs; each contributes
+a format entry (``TIMM``, ``DEIT``, ``JAX``, ``SETR_OFFICIAL``, ``MMSEG_SETR``).
+"""
 
 from __future__ import annotations
 
 import torch
-from timm.layers import resample_abs_pos_embed
+from torch import nn
 
-from workbench.interop.keymap import KeyMap
+from workbench.interop.formats import Format, StateDict, part_of
+from workbench.interop.keymap import KeyMap, rename_keys
+from workbench.models.layers import resample_pos_embed
+from workbench.models.setr import SETR
 
+# Google's ViT .npz names ("/" read as ".") -> timm's. q, k and v arrive apart (fused below) and
+# kernels in JAX layouts (transposed below).
+JAX_VIT = KeyMap(
+    [
+        ("^blocks.{n}.norm1.", "^Transformer.encoderblock_{n}.LayerNorm_0."),
+        ("^blocks.{n}.norm2.", "^Transformer.encoderblock_{n}.LayerNorm_2."),
+        ("^blocks.{n}.attn.", "^Transformer.encoderblock_{n}.MultiHeadDotProductAttention_1."),
+        ("^blocks.{n}.mlp.fc1.", "^Transformer.encoderblock_{n}.MlpBlock_3.Dense_0."),
+        ("^blocks.{n}.mlp.fc2.", "^Transformer.encoderblock_{n}.MlpBlock_3.Dense_1."),
+        ("attn.proj.", "attn.out."),
+        ("^patch_embed.proj.", "^embedding."),
+        ("^pos_embed$", "^Transformer.posembed_input.pos_embedding$"),
+        ("^cls_token$", "^cls$"),
+        ("^norm.", "^Transformer.encoder_norm."),
+        ("weight$", "kernel$"),
+        ("weight$", "scale$"),
+    ]
+)
 # mmseg's ViT names -> timm's (inside ``backbone.``).
 MMSEG_VIT = KeyMap(
     [
@@ -23,9 +48,16 @@ MMSEG_VIT = KeyMap(
     ]
 )
 # mmseg SETR heads and MLA neck -> ours (the mmseg flavour keeps mmseg's module order).
-MMSEG_UP_HEADS = KeyMap([("stages.{n}.", "up_convs.{n}.0."), ("classifier.", "conv_seg.")])
+MMSEG_UP_HEADS = KeyMap(
+    [
+        ("^aux_heads.{n}.", "^auxiliary_head.{n}."),
+        ("stages.{n}.", "up_convs.{n}.0."),
+        ("classifier.", "conv_seg."),
+    ]
+)
 MMSEG_MLA = KeyMap(
     [
+        ("^aux_heads.{n}.", "^auxiliary_head.{n}.conv_seg."),  # MLA's auxiliary heads are bare convs
         ("stream_heads.{n}.", "up_convs.{n}."),
         ("neck.norms.{n}.", "neck.norm.{n}."),
         ("neck.lateral_convs.{n}.", "neck.mla.channel_proj.{n}."),
@@ -33,46 +65,86 @@ MMSEG_MLA = KeyMap(
         ("classifier.", "conv_seg."),
     ]
 )
+# fudan-zvg/SETR's MLA neck (inside its backbone) and heads: levels mla_p2 ... mla_p5 and heads
+# head2 ... head5 are our streams 0 ... 3; each MLA stream head is Sequential(conv, bn, relu, conv, bn, relu).
+OFFICIAL_MLA = KeyMap(
+    [
+        *[
+            pair
+            for j in range(4)
+            for pair in (
+                (f"^neck.norms.{j}.", f"^backbone.norm_{j}."),
+                (f"^neck.lateral_convs.{j}.conv.", f"^backbone.mla.mla_p{j + 2}_1x1.0."),
+                (f"^neck.lateral_convs.{j}.bn.", f"^backbone.mla.mla_p{j + 2}_1x1.1."),
+                (f"^neck.stream_convs.{j}.conv.", f"^backbone.mla.mla_p{j + 2}.0."),
+                (f"^neck.stream_convs.{j}.bn.", f"^backbone.mla.mla_p{j + 2}.1."),
+                (f"^decode_head.stream_heads.{j}.0.conv.", f"^decode_head.mlahead.head{j + 2}.0."),
+                (f"^decode_head.stream_heads.{j}.0.bn.", f"^decode_head.mlahead.head{j + 2}.1."),
+                (f"^decode_head.stream_heads.{j}.1.conv.", f"^decode_head.mlahead.head{j + 2}.3."),
+                (f"^decode_head.stream_heads.{j}.1.bn.", f"^decode_head.mlahead.head{j + 2}.4."),
+            )
+        ],
+        ("^decode_head.classifier.", "^decode_head.cls."),
+        ("^aux_heads.{n}.", "^auxiliary_head.{n}.aux."),
+    ]
+)
 
 
-def jax_to_timm(arrays: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def _official_up_heads(model: SETR) -> KeyMap:
+    """fudan-zvg/SETR Naive/PUP head names -> ours: ``conv_i`` / ``syncbn_fc_i`` are stage i, and each
+    head's last conv (``conv_<stages>``) is its classifier."""
+    heads = [("decode_head", "decode_head", model.decode_head)] + [
+        (f"aux_heads.{i}", f"auxiliary_head.{i}", head) for i, head in enumerate(model.aux_heads)
+    ]
+    return KeyMap(
+        [(f"^{ours}.classifier.", f"^{theirs}.conv_{len(head.stages)}.") for ours, theirs, head in heads]
+        + [
+            ("^aux_heads.{n}.", "^auxiliary_head.{n}."),
+            ("stages.{n}.conv.", "conv_{n}."),
+            ("stages.{n}.bn.", "syncbn_fc_{n}."),
+        ]
+    )
+
+
+_QKV = ("query", "key", "value")
+
+
+def jax_to_timm(arrays: StateDict) -> StateDict:
     """Google's ViT .npz (``Transformer/encoderblock_N/...``) -> timm names and layouts."""
-    out: dict[str, torch.Tensor] = {}
+    renamed = rename_keys(arrays, lambda key: JAX_VIT.to_ours(key.replace("/", ".")))
+    out: StateDict = {}
+    for key, value in renamed.items():
+        if key == "patch_embed.proj.weight":
+            value = value.permute(3, 2, 0, 1)  # HWIO -> OIHW
+        elif key.endswith("attn.proj.weight"):
+            value = value.flatten(0, 1).T  # (heads, head_dim, C) -> (C, heads * head_dim)
+        elif key.endswith(("mlp.fc1.weight", "mlp.fc2.weight", "head.weight")):
+            value = value.T
+        elif any(f".attn.{x}." in key for x in _QKV):
+            continue  # fused into qkv below
+        out[key] = value
+    blocks = {key.split(".")[1] for key in renamed if key.startswith("blocks.")}
     try:
-        kernel = arrays["embedding/kernel"]
-        out["patch_embed.proj.weight"] = kernel.permute(3, 2, 0, 1)  # HWIO -> OIHW
-        out["patch_embed.proj.bias"] = arrays["embedding/bias"]
-        if "cls" in arrays:
-            out["cls_token"] = arrays["cls"]
-        out["pos_embed"] = arrays["Transformer/posembed_input/pos_embedding"]
-        depth = 1 + max(
-            int(k.split("/")[1].split("_")[1]) for k in arrays if k.startswith("Transformer/encoderblock_")
-        )
-        for n in range(depth):
-            p, b = f"Transformer/encoderblock_{n}/", f"blocks.{n}."
-            attention = p + "MultiHeadDotProductAttention_1/"
-            for norm, name in (("LayerNorm_0", "norm1"), ("LayerNorm_2", "norm2")):
-                out[b + f"{name}.weight"], out[b + f"{name}.bias"] = (
-                    arrays[p + f"{norm}/scale"],
-                    arrays[p + f"{norm}/bias"],
-                )
-            out[b + "attn.qkv.weight"] = torch.cat(
-                [arrays[attention + f"{x}/kernel"].flatten(1).T for x in ("query", "key", "value")]
+        for n in sorted(blocks, key=int):
+            attention = f"blocks.{n}.attn."
+            out[attention + "qkv.weight"] = torch.cat(
+                [renamed[attention + f"{x}.weight"].flatten(1).T for x in _QKV]
             )
-            out[b + "attn.qkv.bias"] = torch.cat(
-                [arrays[attention + f"{x}/bias"].flatten() for x in ("query", "key", "value")]
+            out[attention + "qkv.bias"] = torch.cat(
+                [renamed[attention + f"{x}.bias"].flatten() for x in _QKV]
             )
-            out[b + "attn.proj.weight"] = arrays[attention + "out/kernel"].flatten(0, 1).T
-            out[b + "attn.proj.bias"] = arrays[attention + "out/bias"]
-            for dense, name in (("Dense_0", "fc1"), ("Dense_1", "fc2")):
-                out[b + f"mlp.{name}.weight"] = arrays[p + f"MlpBlock_3/{dense}/kernel"].T
-                out[b + f"mlp.{name}.bias"] = arrays[p + f"MlpBlock_3/{dense}/bias"]
     except KeyError as missing:
-        raise ValueError(f"the .npz lacks the array {missing.args[0]!r} of Google's ViT layout") from None
+        raise _jax_lacks(missing.args[0]) from None
     return out
 
 
-def encoder_from_timm(state: dict[str, torch.Tensor], encoder, notes: list[str]) -> dict[str, torch.Tensor]:
+def _jax_lacks(key: str) -> ValueError:
+    """The error for a .npz without the array that becomes timm's ``key``, named in the .npz's terms."""
+    name = JAX_VIT.to_theirs(key).replace(".", "/")
+    return ValueError(f"the .npz lacks the array {name!r} of Google's ViT layout")
+
+
+def encoder_from_timm(state: StateDict, encoder: nn.Module, notes: list[str]) -> StateDict:
     """timm-named encoder tensors -> our SETR encoder's (no prefix): drops the final norm and the
     classifiers, the DeiT distillation token and its position entry, the class token for MLA, and
     resamples the position grid bilinearly (SETR's rule) to the encoder's."""
@@ -90,16 +162,9 @@ def encoder_from_timm(state: dict[str, torch.Tensor], encoder, notes: list[str])
         if side * side != grid_tokens:  # no class token at all (e.g. an MLA-style file)
             prefix, side = 0, round(pos.shape[1] ** 0.5)
         cls, grid = pos[:, :1] if prefix else pos[:, :0], pos[:, prefix:]
-        target = encoder.patch_embed.grid_size
-        if (side, side) != tuple(target):
-            grid = resample_abs_pos_embed(
-                grid,
-                new_size=target,
-                old_size=(side, side),
-                num_prefix_tokens=0,
-                interpolation="bilinear",
-                antialias=False,
-            )
+        target = tuple(encoder.patch_embed.grid_size)
+        if (side, side) != target:
+            grid = resample_pos_embed(grid, target, (side, side), rule="bilinear")
             notes.append(f"resampled pos_embed {side}x{side} -> {target[0]}x{target[1]} (bilinear)")
         keep_cls = encoder.num_prefix_tokens > 0
         if prefix == 2:
@@ -111,84 +176,102 @@ def encoder_from_timm(state: dict[str, torch.Tensor], encoder, notes: list[str])
     return out
 
 
-def official_heads(state: dict[str, torch.Tensor], model, notes: list[str]) -> dict[str, torch.Tensor]:
-    """fudan-zvg/SETR head names -> ours (``conv_i`` / ``syncbn_fc_i`` / last conv = classifier)."""
-    out: dict[str, torch.Tensor] = {}
-    unused = [k for k in state if k.split(".")[-2] == "conv_seg"]
-    if unused:
-        notes.append(f"dropped {len(unused)} tensors of the official heads' unused conv_seg")
-    heads = {"decode_head.": model.decode_head} | {
-        f"auxiliary_head.{i}.": h for i, h in enumerate(model.aux_heads)
-    }
-    for key, value in state.items():
-        if key in unused:
-            continue
-        prefix = next((p for p in heads if key.startswith(p)), None)
-        rest = key[len(prefix) :] if prefix else key
-        ours = (
-            ("decode_head." if prefix == "decode_head." else f"aux_heads.{prefix.split('.')[1]}.")
-            if prefix
-            else ""
+def _setr(model: nn.Module, format_name: str) -> SETR:
+    return part_of(model, SETR, format_name, "SETR segmentors")
+
+
+def _from_timm(state: StateDict, model: nn.Module, format_name: str = "timm") -> tuple[StateDict, list[str]]:
+    notes: list[str] = []
+    encoder = encoder_from_timm(state, _setr(model, format_name).backbone, notes)
+    return {"backbone." + k: v for k, v in encoder.items()}, notes
+
+
+def _from_jax(state: StateDict, model: nn.Module) -> tuple[StateDict, list[str]]:
+    converted, notes = _from_timm(jax_to_timm(state), model, "jax")
+    absent = [k for k in model.backbone.state_dict() if "backbone." + k not in converted]
+    if absent:
+        raise _jax_lacks(absent[0])
+    return converted, notes
+
+
+def _check_aux_convs(model: SETR, others: StateDict, notes: list[str]) -> None:
+    """mmseg's auxiliary heads have ``num_convs`` stages (2 in its ADE20K Naive config, else 1 or 2):
+    the model must be built with as many (``aux_convs=``)."""
+    stages = {k.split(".")[3] for k in others if k.startswith("auxiliary_head.0.up_convs.")}
+    if not stages or not model.aux_heads or model.decoder == "mla":
+        return
+    built = len(model.aux_heads[0].stages)
+    if len(stages) != built:
+        raise ValueError(
+            f"the checkpoint's auxiliary heads have {len(stages)} conv stages (mmseg num_convs="
+            f"{len(stages)}), this model's {built}: build it with aux_convs={len(stages)}"
         )
-        parts = rest.split(".")
-        if prefix is None:  # MLA neck inside the official backbone
-            if rest.startswith("backbone.norm_"):
-                out[f"neck.norms.{parts[1].split('_')[1]}.{parts[2]}"] = value
-            elif rest.startswith("backbone.mla.mla_p"):
-                level = int(parts[2][5]) - 2  # mla_p2 ... mla_p5 = Z^6 ... Z^24
-                group = "lateral_convs" if parts[2].endswith("_1x1") else "stream_convs"
-                out[f"neck.{group}.{level}.{'conv' if parts[3] == '0' else 'bn'}.{parts[4]}"] = value
-            else:
-                out[key] = value
-        elif parts[0] == "norm":
-            out[ours + rest] = value
-        elif parts[0].startswith("conv_"):
-            index = int(parts[0][5:])
-            stages = len(heads[prefix].stages)
-            out[ours + (f"stages.{index}.conv." if index < stages else "classifier.") + parts[1]] = value
-        elif parts[0].startswith("syncbn_fc_"):
-            out[ours + f"stages.{parts[0][10:]}.bn.{parts[1]}"] = value
-        elif parts[0] == "mlahead":  # head2 ... head5, Sequential(conv, bn, relu, conv, bn, relu)
-            stream = int(parts[1][4]) - 2
-            layer, kind = {"0": ("0", "conv"), "1": ("0", "bn"), "3": ("1", "conv"), "4": ("1", "bn")}[
-                parts[2]
-            ]
-            out[f"decode_head.stream_heads.{stream}.{layer}.{kind}.{parts[3]}"] = value
-        elif parts[0] == "cls":
-            out[f"decode_head.classifier.{parts[1]}"] = value
-        elif parts[0] == "aux":
-            out[ours.removesuffix(".") + "." + parts[1]] = value
-        else:
-            out[key] = value
-    return out
+    notes.append(f"detected {len(stages)} conv stages in each auxiliary head (aux_convs={len(stages)})")
 
 
-def setr_state(state: dict[str, torch.Tensor], kind: str, model, notes: list[str]) -> dict[str, torch.Tensor]:
-    """A checkpoint of ``kind`` (timm, deit, jax, setr_official, mmseg_setr) -> our SETR's keys."""
-    if kind == "jax":
-        state = jax_to_timm(state)
-    if kind in ("timm", "deit", "jax"):
-        return {"backbone." + k: v for k, v in encoder_from_timm(state, model.backbone, notes).items()}
-    backbone = {
-        k[9:]: v
-        for k, v in state.items()
-        if k.startswith("backbone.") and not k.startswith(("backbone.norm_", "backbone.mla."))
-    }
-    others = {
-        k: v
-        for k, v in state.items()
-        if not k.startswith("backbone.") or k.startswith(("backbone.norm_", "backbone.mla."))
-    }
-    if kind == "mmseg_setr":
-        backbone = {MMSEG_VIT.to_ours(k): v for k, v in backbone.items()}
-        table = MMSEG_MLA if model.decoder == "mla" else MMSEG_UP_HEADS
-        heads = {}
-        for key, value in others.items():
-            key = table.to_ours(key).replace("auxiliary_head.", "aux_heads.", 1)
-            if model.decoder == "mla" and key.startswith("aux_heads."):  # MLA's aux heads are bare convs
-                key = key.replace(".classifier.", ".", 1)
-            heads[key] = value
+def _split_backbone(state: StateDict) -> tuple[StateDict, StateDict]:
+    """The ViT tensors under ``backbone.`` (prefix removed), and the rest (heads, MLA neck)."""
+    neck = ("backbone.norm_", "backbone.mla.")
+    backbone = {k[9:]: v for k, v in state.items() if k.startswith("backbone.") and not k.startswith(neck)}
+    others = {k: v for k, v in state.items() if not k.startswith("backbone.") or k.startswith(neck)}
+    return backbone, others
+
+
+def _from_setr_release(state: StateDict, model: nn.Module, mmseg: bool) -> tuple[StateDict, list[str]]:
+    """An official (fudan-zvg) or mmseg 1.x SETR segmentor checkpoint -> ``model``."""
+    setr = _setr(model, "mmseg_setr" if mmseg else "setr_official")
+    notes: list[str] = []
+    backbone, others = _split_backbone(state)
+    if mmseg:
+        _check_aux_convs(setr, others, notes)
+        backbone = rename_keys(backbone, MMSEG_VIT.to_ours)
+        heads = rename_keys(others, (MMSEG_MLA if setr.decoder == "mla" else MMSEG_UP_HEADS).to_ours)
     else:
-        heads = official_heads(others, model, notes)
-    encoder = encoder_from_timm(backbone, model.backbone, notes)
-    return {**{"backbone." + k: v for k, v in encoder.items()}, **heads}
+        unused = [k for k in others if k.split(".")[-2] == "conv_seg"]
+        if unused:
+            notes.append(f"dropped {len(unused)} tensors of the official heads' unused conv_seg")
+        table = OFFICIAL_MLA if setr.decoder == "mla" else _official_up_heads(setr)
+        heads = rename_keys({k: v for k, v in others.items() if k not in unused}, table.to_ours)
+    encoder = encoder_from_timm(backbone, setr.backbone, notes)
+    return {**{"backbone." + k: v for k, v in encoder.items()}, **heads}, notes
+
+
+def _to_setr_release(model: nn.Module, mmseg: bool) -> StateDict:
+    """A SETR segmentor under the official (fudan-zvg) or mmseg 1.x names; the flavour must match."""
+    setr = _setr(model, "mmseg_setr" if mmseg else "setr_official")
+    if (setr.flavour == "mmseg") != mmseg:
+        raise ValueError(f"a {setr.flavour}-flavour SETR exports to the {setr.flavour} layout only")
+    if mmseg:
+        encoder, heads = MMSEG_VIT, MMSEG_MLA if setr.decoder == "mla" else MMSEG_UP_HEADS
+    else:
+        encoder, heads = KeyMap([]), OFFICIAL_MLA if setr.decoder == "mla" else _official_up_heads(setr)
+
+    def rename(key: str) -> str:
+        if key.startswith("backbone."):
+            return "backbone." + encoder.to_theirs(key.removeprefix("backbone."))
+        return heads.to_theirs(key)
+
+    return rename_keys(setr.state_dict(), rename)
+
+
+TIMM = Format(
+    "timm", detect=lambda keys: any(k.startswith("blocks.0.attn.qkv") for k in keys), convert=_from_timm
+)
+DEIT = Format("deit", detect=lambda keys: "dist_token" in keys, convert=lambda s, m: _from_timm(s, m, "deit"))
+JAX = Format(
+    "jax",
+    detect=lambda keys: any(k.startswith("Transformer/") or k == "embedding/kernel" for k in keys),
+    convert=_from_jax,
+)
+MMSEG_SETR = Format(
+    "mmseg_setr",
+    detect=lambda keys: any(k.endswith("attn.attn.in_proj_weight") for k in keys),
+    convert=lambda s, m: _from_setr_release(s, m, mmseg=True),
+    export=lambda m: _to_setr_release(m, mmseg=True),
+)
+SETR_OFFICIAL = Format(
+    "setr_official",
+    detect=lambda keys: any(k.startswith("backbone.blocks.0.") for k in keys),
+    convert=lambda s, m: _from_setr_release(s, m, mmseg=False),
+    export=lambda m: _to_setr_release(m, mmseg=False),
+)

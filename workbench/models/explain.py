@@ -1,97 +1,385 @@
-"""What a model exposes to the explain mode (``workbench.viz.record``).
+"""Explain probes: the attention the fast path computes is the attention the explain mode sees.
 
-A model lists its recordable attention modules with ``attention_sites()``. The fast path never
-materialises attention probabilities (it runs ``scaled_dot_product_attention``); while a site is
-recorded, its probabilities are computed explicitly from the module's own inputs and weights, beside
-the untouched fast path, so the model's outputs stay bitwise identical.
+Every attention module of the workbench computes its attention with ``attend(q, k, v, mask, probe,
+layout)``. Without a probe (the fast path) that is ``scaled_dot_product_attention``: no attention
+probabilities are ever materialised. ``workbench.viz.record`` sets a probe on the chosen modules; the
+probe computes the probabilities explicitly, keeps them as an ``AttentionMap``, and hands them back to
+``attend``, which multiplies *those* probabilities with the values. So a recorded map is the one the
+forward pass used, on the autograd path (``keep_grad=True`` gives d(output)/d(attention)), and the
+outputs differ from the fast path only by the rounding of SDPA versus an explicit softmax: within
+``EXPLICIT_ATOL`` / ``EXPLICIT_RTOL`` in fp32 (tested per family).
+
+A probe can also cache q, k and the mask without materialising anything (``KeyCache``): a single query
+row is then computed later in O(heads * N) memory, which is how a click is answered.
+
+Where tokens sit on the image: ``TokenGrid`` (one place for every family). Token (r, c) of a grid with
+``stride`` s covers the pixels [r*s, (r+1)*s) x [c*s, (c+1)*s) of the model's input; the grid may
+overhang the input (GPViT and HLG pad at the bottom and right), and maps come back to the input's
+resolution cropped exactly there. How the attention probabilities are laid out: one ``Layout`` class
+per attention layout, each with its own reader (no if-chain over kinds).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+import contextvars
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 import torch
-from timm.layers import Attention
+import torch.nn.functional as F
 from torch import nn
+
+EXPLICIT_ATOL, EXPLICIT_RTOL = 1e-5, 1e-4  # explicit softmax vs SDPA, fp32 outputs
+
+
+# --------------------------------------------------------------------------- where tokens sit
+
+
+@dataclass(frozen=True)
+class TokenGrid:
+    """A (rows, cols) token grid over a model input of ``image_size`` (H, W), ``stride`` pixels a token."""
+
+    rows: int
+    cols: int
+    stride: int
+    image_size: tuple[int, int]
+
+    def token_at(self, y: int, x: int) -> tuple[int, int]:
+        """The token that holds input pixel (y, x)."""
+        height, width = self.image_size
+        if not (0 <= y < height and 0 <= x < width):
+            raise ValueError(f"pixel ({y}, {x}) is outside the {height}x{width} model input")
+        return min(y // self.stride, self.rows - 1), min(x // self.stride, self.cols - 1)
+
+    def to_image(self, maps: torch.Tensor, mode: str = "nearest") -> torch.Tensor:
+        """Maps (..., rows, cols) on this grid -> (..., H, W) on the model input, overhang cropped.
+
+        ``nearest`` paints each token's pixels with its value; ``bilinear`` interpolates between token
+        centres.
+        """
+        lead = maps.shape[:-2]
+        flat = maps.reshape(-1, 1, self.rows, self.cols).float()
+        size = (self.rows * self.stride, self.cols * self.stride)
+        up = F.interpolate(
+            flat, size=size, mode=mode, **({} if mode == "nearest" else {"align_corners": False})
+        )
+        height, width = self.image_size
+        return up[..., :height, :width].reshape(*lead, height, width)
+
+
+@dataclass(frozen=True)
+class View:
+    """How one forward pass saw the image: scaled to ``size`` (H, W) (then flipped if ``flip``), and
+    for a sliding window the crop at ``offset`` (top, left) of that scaled image, of ``crop`` pixels."""
+
+    size: tuple[int, int]
+    flip: bool = False
+    offset: tuple[int, int] = (0, 0)
+    crop: tuple[int, int] | None = None
+
+    def from_image(self, y: int, x: int, image_size: tuple[int, int]) -> tuple[int, int]:
+        """Pixel (y, x) of the image (H, W) -> the pixel of the model input that sees it."""
+        (height, width), (view_h, view_w) = image_size, self.size
+        if not (0 <= y < height and 0 <= x < width):
+            raise ValueError(f"pixel ({y}, {x}) is outside the {height}x{width} image")
+        y, x = int((y + 0.5) * view_h / height), int((x + 0.5) * view_w / width)  # pixel centres
+        x = view_w - 1 - x if self.flip else x
+        y, x = y - self.offset[0], x - self.offset[1]
+        crop_h, crop_w = self.crop or self.size
+        if not (0 <= y < crop_h and 0 <= x < crop_w):
+            raise ValueError(f"pixel lies outside this view's {crop_h}x{crop_w} window at {self.offset}")
+        return y, x
+
+    def to_image(
+        self, maps: torch.Tensor, image_size: tuple[int, int], mode: str = "bilinear"
+    ) -> torch.Tensor:
+        """Maps (..., h, w) on the model input (padding included) -> (..., H, W) on the image: padding
+        cropped, a window put back at its offset (zeros elsewhere), unflipped, resized."""
+        crop_h, crop_w = self.crop or self.size
+        maps = maps[..., :crop_h, :crop_w]
+        if self.crop is not None:
+            full = maps.new_zeros(*maps.shape[:-2], *self.size)
+            top, left = self.offset
+            full[..., top : top + crop_h, left : left + crop_w] = maps
+            maps = full
+        maps = maps.flip(-1) if self.flip else maps
+        if tuple(maps.shape[-2:]) == tuple(image_size):
+            return maps
+        lead = maps.shape[:-2]
+        flat = maps.reshape(-1, 1, *maps.shape[-2:]).float()
+        extra = {} if mode == "nearest" else {"align_corners": False}
+        return F.interpolate(flat, size=tuple(image_size), mode=mode, **extra).reshape(*lead, *image_size)
+
+
+_CURRENT_VIEW: contextvars.ContextVar[View | None] = contextvars.ContextVar("workbench_view", default=None)
+
+
+@contextmanager
+def seen_as(view: View) -> Iterator[None]:
+    """Tag every forward pass inside the block with ``view`` (multi-scale, flip and sliding inference)."""
+    token = _CURRENT_VIEW.set(view)
+    try:
+        yield
+    finally:
+        _CURRENT_VIEW.reset(token)
+
+
+def current_view() -> View | None:
+    return _CURRENT_VIEW.get()
+
+
+# --------------------------------------------------------------------------- attention layouts
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How an attention call's (batch', heads, Nq, Nk) probabilities lie on the token grid.
+
+    ``per_sample``: how many rows of the attention's batch belong to one image (windows per image).
+    """
+
+    grid: tuple[int, int]
+
+    per_sample = 1
+    kind = "self"
+
+    def locate(self, row: int, col: int) -> tuple[int, int]:
+        """(window within the image, query position) of the image token at (row, col)."""
+        raise ValueError(f"{self.kind} attention has no image-token queries (use group_maps)")
+
+    def place(self, keys: torch.Tensor, window: int) -> torch.Tensor:
+        """One query's key weights (..., Nk) -> the layout's key space (a grid, or the key tokens)."""
+        raise NotImplementedError
+
+    def on_grid(self, keys: torch.Tensor) -> torch.Tensor:
+        """``place``'s output -> (..., rows, cols): each key's weight painted on the token grid."""
+        return keys
+
+    def batched(self, probs: torch.Tensor) -> torch.Tensor:
+        """Attention-call probabilities -> the per-image layout ``AttentionMap.probs`` documents."""
+        return probs
+
+    def unbatched(self, probs: torch.Tensor) -> torch.Tensor:
+        """Inverse of ``batched``."""
+        return probs
+
+
+@dataclass(frozen=True)
+class SelfLayout(Layout):
+    """Self-attention over ``num_prefix_tokens`` prefix tokens then the grid: (B, heads, N, N)."""
+
+    num_prefix_tokens: int = 0
+    kind = "self"
+
+    def locate(self, row: int, col: int) -> tuple[int, int]:
+        return 0, self.num_prefix_tokens + row * self.grid[1] + col
+
+    def place(self, keys: torch.Tensor, window: int) -> torch.Tensor:
+        return keys[..., self.num_prefix_tokens :].reshape(*keys.shape[:-1], *self.grid)
+
+
+@dataclass(frozen=True)
+class WindowLayout(Layout):
+    """Attention inside groups of ``size`` tokens; ``count`` groups per side tile the padded grid.
+
+    Plain groups (``dilated=False``) are windows: group (a, b) holds tokens (a*size + i, b*size + j)
+    (GPViT's stripes, HLG's windows). Dilated groups: group (r, s) holds tokens (r + i*count,
+    s + j*count) (HLG's dilated groups). Per image: (B, heads, groups, L, L).
+    """
+
+    size: tuple[int, int] = (1, 1)
+    count: tuple[int, int] = (1, 1)
+    dilated: bool = False
+
+    @property
+    def kind(self) -> str:  # type: ignore[override]
+        return "dilated" if self.dilated else "window"
+
+    @property
+    def per_sample(self) -> int:  # type: ignore[override]
+        return self.count[0] * self.count[1]
+
+    def locate(self, row: int, col: int) -> tuple[int, int]:
+        (sr, sc), (cr, cc) = self.size, self.count
+        if self.dilated:
+            return (row % cr) * cc + col % cc, (row // cr) * sc + col // cc
+        return (row // sr) * cc + col // sc, (row % sr) * sc + col % sc
+
+    def place(self, keys: torch.Tensor, window: int) -> torch.Tensor:
+        (sr, sc), (cr, cc) = self.size, self.count
+        lead = keys.shape[:-1]
+        full = keys.new_zeros(*lead, sr * cr, sc * cc)
+        keys = keys.reshape(*lead, sr, sc)
+        a, b = divmod(window, cc)
+        if self.dilated:
+            full[..., a::cr, b::cc] = keys
+        else:
+            full[..., a * sr : (a + 1) * sr, b * sc : (b + 1) * sc] = keys
+        return full[..., : self.grid[0], : self.grid[1]]
+
+    def window_of_tokens(self, device: torch.device | None = None) -> torch.Tensor:
+        """(rows, cols): the group each token of the grid belongs to."""
+        (sr, sc), (cr, cc) = self.size, self.count
+        rows = torch.arange(self.grid[0], device=device)[:, None]
+        cols = torch.arange(self.grid[1], device=device)[None, :]
+        if self.dilated:
+            return (rows % cr) * cc + cols % cc
+        return (rows // sr) * cc + cols // sc
+
+    def batched(self, probs: torch.Tensor) -> torch.Tensor:
+        return probs.reshape(-1, self.per_sample, *probs.shape[1:]).transpose(1, 2)
+
+    def unbatched(self, probs: torch.Tensor) -> torch.Tensor:
+        return probs.transpose(1, 2).reshape(-1, *probs.shape[1:2], *probs.shape[3:])
+
+
+@dataclass(frozen=True)
+class CrossLayout(Layout):
+    """Image tokens attend to other keys: HLG's window tokens (``key_shape`` = their grid, ``windows``
+    the groups they summarise) or GPViT's group tokens on ungrouping (``key_shape`` = (G,)).
+    Per image: (B, heads, N, keys)."""
+
+    key_shape: tuple[int, ...] = ()
+    windows: WindowLayout | None = None
+
+    @property
+    def kind(self) -> str:  # type: ignore[override]
+        return "global" if len(self.key_shape) == 2 else "ungrouping"
+
+    def locate(self, row: int, col: int) -> tuple[int, int]:
+        return 0, row * self.grid[1] + col
+
+    def place(self, keys: torch.Tensor, window: int) -> torch.Tensor:
+        return keys.reshape(*keys.shape[:-1], *self.key_shape)
+
+    def on_grid(self, keys: torch.Tensor) -> torch.Tensor:
+        """Each window token's weight painted over the tokens of its window."""
+        if self.windows is None:
+            raise ValueError(
+                f"{self.kind} attention goes to tokens that have no place on the grid (use group_maps)"
+            )
+        flat = keys.flatten(-len(self.key_shape))
+        return flat[..., self.windows.window_of_tokens(keys.device)]
+
+
+@dataclass(frozen=True)
+class GroupingLayout(Layout):
+    """Group tokens gather the image tokens (GPViT's grouping): (B, heads, G, N)."""
+
+    kind = "grouping"
+
+
+# --------------------------------------------------------------------------- the shared attention
+
+
+def attention_logits(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """q k^T / sqrt(d) plus ``mask`` (float: added; bool: False is excluded), as SDPA reads it."""
+    logits = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
+    if mask is None:
+        return logits
+    if mask.dtype == torch.bool:
+        return logits.masked_fill(~mask, float("-inf"))
+    return logits + mask
+
+
+# probe(q, k, mask, layout) -> the probabilities to use, or None to keep the fast path
+Probe = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None", Layout], "torch.Tensor | None"]
+
+
+def attend(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    *,
+    probe: Probe | None = None,
+    layout: Callable[[], Layout] | None = None,
+) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d) + mask) v for (batch', heads, N, d) tensors: SDPA, or through ``probe``.
+
+    ``layout`` is called only when a probe is set (it says where the tokens lie).
+    """
+    if probe is not None:
+        probs = probe(q, k, mask, layout())
+        if probs is not None:
+            return probs @ v
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+class Probed:
+    """Mixin of attention modules: ``probes[slot]`` is the probe of each attention the module runs."""
+
+    def probe(self, slot: str = "attn") -> Probe | None:
+        return self.__dict__.get("_probes", {}).get(slot)
+
+    def set_probe(self, slot: str, probe: Probe | None) -> None:
+        probes = self.__dict__.setdefault("_probes", {})
+        if probe is None:
+            probes.pop(slot, None)
+        else:
+            probes[slot] = probe
+
+
+@dataclass(frozen=True)
+class AttentionSite:
+    """A recordable attention: ``module.probe(slot)``, on tokens ``stride`` input pixels apart."""
+
+    module: nn.Module
+    stride: int
+    slot: str = "attn"
+
+
+# --------------------------------------------------------------------------- what a probe keeps
 
 
 @dataclass
 class AttentionMap:
-    """Attention probabilities of one site for one forward pass.
+    """Attention probabilities of one site in one forward pass.
 
-    ``kind`` says how to read ``probs`` (image tokens in row-major order of ``grid``):
-
-    - ``"self"``: (B, heads, N, N) over ``num_prefix_tokens`` prefix tokens followed by the grid.
-    - ``"window"``: (B, heads, groups, L, L) inside windows of ``window`` = (rows, cols) tokens
-      that tile the grid (padded up to whole windows) row-major: GPViT's stripes, HLG's plain
-      windows. ``key_grid`` is the (rows, cols) grid of windows.
-    - ``"dilated"``: as "window", but group (r, s) of the ``key_grid`` holds the tokens
-      (r + i * key_grid[0], s + j * key_grid[1]): HLG's dilated groups.
-    - ``"global"``: (B, heads, N, groups): each token's attention over the groups of ``key_grid``.
-    - ``"grouping"``: (B, heads, G, N), each group token's distribution over the image tokens.
-    - ``"ungrouping"``: (B, heads, N, G), each image token's distribution over the groups.
-
-    Padded keys get zero weight where the model masks them.
+    ``probs`` per ``layout.kind``: "self" (B, heads, N, N) over the prefix tokens then the grid,
+    row-major; "window" / "dilated" (B, heads, groups, L, L); "global" (B, heads, N, windows);
+    "ungrouping" (B, heads, N, G); "grouping" (B, heads, G, N). Padded keys get weight 0 where the
+    model masks them. ``tokens`` places the grid on the model input; ``view`` says how the input was
+    made from the image (None outside ``seen_as``).
     """
 
     probs: torch.Tensor
-    kind: str
-    grid: tuple[int, int]
-    num_prefix_tokens: int = 0
-    window: tuple[int, int] | None = None
-    key_grid: tuple[int, int] | None = None
+    layout: Layout
+    tokens: TokenGrid
+    view: View | None = None
 
-    def _check_token(self, row: int, col: int) -> None:
+    @property
+    def kind(self) -> str:
+        return self.layout.kind
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return self.layout.grid
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        return getattr(self.layout, "num_prefix_tokens", 0)
+
+    @property
+    def grad(self) -> torch.Tensor | None:
+        """d(what was back-propagated)/d(probs), after ``backward`` inside ``record(keep_grad=True)``."""
+        return self.probs.grad
+
+    def query_map(self, row: int, col: int) -> torch.Tensor:
+        """Where the image token at (row, col) looks: (B, heads, *keys) — the token grid for self and
+        window attention, the window-token grid for HLG's global attention, (G,) for ungrouping."""
         rows, cols = self.grid
         if not (0 <= row < rows and 0 <= col < cols):
             raise ValueError(f"token ({row}, {col}) is outside the {rows}x{cols} token grid")
-
-    def query_map(self, row: int, col: int) -> torch.Tensor:
-        """Where the image token at (row, col) looks: (B, heads, rows, cols), prefix keys left out.
-
-        For ungrouping attention it is the token's distribution over groups, (B, heads, G); for HLG's
-        global attention its distribution over the window tokens, (B, heads, *key_grid).
-        """
-        self._check_token(row, col)
-        rows, cols = self.grid
-        if self.kind == "self":
-            query = self.num_prefix_tokens + row * cols + col
-            keys = self.probs[:, :, query, self.num_prefix_tokens :]
-            return keys.reshape(*keys.shape[:2], rows, cols)
-        if self.kind in ("window", "dilated"):
-            (win_rows, win_cols), (groups_r, groups_c) = self.window, self.key_grid
-            batch, heads = self.probs.shape[:2]
-            if self.kind == "window":  # group: which window; position: where inside it
-                group, g_r, g_c = (
-                    (row // win_rows) * groups_c + col // win_cols,
-                    row % win_rows,
-                    col % win_cols,
-                )
-            else:  # group: the residue of the position; position: the quotient
-                group, g_r, g_c = (
-                    (row % groups_r) * groups_c + col % groups_c,
-                    row // groups_r,
-                    col // groups_c,
-                )
-            keys = self.probs[:, :, group, g_r * win_cols + g_c].reshape(batch, heads, win_rows, win_cols)
-            full = keys.new_zeros(batch, heads, win_rows * groups_r, win_cols * groups_c)
-            if self.kind == "window":
-                top, left = row - g_r, col - g_c
-                full[:, :, top : top + win_rows, left : left + win_cols] = keys
-            else:
-                full[:, :, row % groups_r :: groups_r, col % groups_c :: groups_c] = keys
-            return full[:, :, :rows, :cols]
-        if self.kind == "global":
-            return self.probs[:, :, row * cols + col].reshape(*self.probs.shape[:2], *self.key_grid)
-        if self.kind == "ungrouping":
-            return self.probs[:, :, row * cols + col]
-        raise ValueError(
-            f"query_map is for image-token queries; this is {self.kind!r} attention (use group_maps)"
-        )
+        window, position = self.layout.locate(row, col)
+        raw = self.layout.unbatched(self.probs)
+        per = self.layout.per_sample
+        keys = raw.reshape(-1, per, *raw.shape[1:])[:, window, :, position]  # (B, heads, Nk)
+        return self.layout.place(keys, window)
 
     def group_maps(self) -> torch.Tensor:
-        """Grouping/ungrouping attention on the grid: (B, heads, G, rows, cols)."""
+        """Grouping / ungrouping attention on the grid: (B, heads, G, rows, cols)."""
         if self.kind == "grouping":
             per_group = self.probs
         elif self.kind == "ungrouping":
@@ -101,44 +389,70 @@ class AttentionMap:
         return per_group.reshape(*per_group.shape[:3], *self.grid)
 
 
-# compute(module, forward args, image size (H, W)) -> AttentionMap
-ComputeMap = Callable[[nn.Module, tuple, tuple[int, int]], AttentionMap]
+@dataclass
+class CachedAttention:
+    """q, k and mask of one attention call, kept to compute single query rows later."""
+
+    q: torch.Tensor
+    k: torch.Tensor
+    mask: torch.Tensor | None
+    layout: Layout
+    tokens: TokenGrid
+
+    def query_map(self, row: int, col: int, sample: int = 0) -> torch.Tensor:
+        """The attention row of image token (row, col) of image ``sample``: (heads, *keys), computed
+        from q and k alone in O(heads * keys) memory."""
+        rows, cols = self.layout.grid
+        if not (0 <= row < rows and 0 <= col < cols):
+            raise ValueError(f"token ({row}, {col}) is outside the {rows}x{cols} token grid")
+        window, position = self.layout.locate(row, col)
+        index = sample * self.layout.per_sample + window
+        query = self.q[index, :, position : position + 1]  # (heads, 1, d)
+        mask = None
+        if self.mask is not None:
+            mask = self.mask[index if self.mask.shape[0] > 1 else 0]
+            mask = mask[:, position : position + 1] if mask.shape[-2] > 1 else mask
+        probs = attention_logits(query, self.k[index], mask).softmax(-1)[:, 0]
+        return self.layout.place(probs, window)
 
 
-@dataclass(frozen=True)
-class AttentionSite:
-    """A recordable attention module and how to compute its map from the module's forward inputs."""
+def record_probe(
+    site: AttentionSite,
+    image_size: Callable[[], tuple[int, int]],
+    keep: Callable[[AttentionMap], None],
+    keep_grad: bool,
+) -> Probe:
+    """A probe that computes the probabilities explicitly, keeps them, and returns them for use."""
 
-    module: nn.Module
-    compute: ComputeMap
+    def probe(q, k, mask, layout):
+        probs = attention_logits(q, k, mask).softmax(-1)
+        batched = layout.batched(probs)
+        if keep_grad and batched.requires_grad:
+            batched.retain_grad()
+        kept = batched if keep_grad else batched.detach()
+        keep(AttentionMap(kept, layout, TokenGrid(*layout.grid, site.stride, image_size()), current_view()))
+        return layout.unbatched(batched)
 
-
-def attention_probs(
-    q: torch.Tensor, k: torch.Tensor, key_mask: torch.Tensor | None = None, bias: torch.Tensor | None = None
-) -> torch.Tensor:
-    """softmax(q k^T / sqrt(d) + bias) for q (B, heads, Nq, d), k (B, heads, Nk, d), bias (heads, Nq, Nk).
-
-    ``key_mask`` (B, Nk) or (B, 1, 1, Nk): keys marked False get weight 0.
-    """
-    logits = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
-    if bias is not None:
-        logits = logits + bias
-    if key_mask is not None:
-        key_mask = key_mask if key_mask.ndim == 4 else key_mask[:, None, None, :]
-        logits = logits.masked_fill(~key_mask, float("-inf"))
-    return logits.softmax(dim=-1)
+    return probe
 
 
-def vit_attention_site(attn: Attention, num_prefix_tokens: int, patch_size: int) -> AttentionSite:
-    """Self-attention of a timm ``Attention`` on a ViT whose tokens are patches of ``patch_size``."""
+def cache_probe(
+    site: AttentionSite, image_size: Callable[[], tuple[int, int]], keep: Callable[[CachedAttention], None]
+) -> Probe:
+    """A probe that keeps q, k and the mask (detached) and leaves the fast path running."""
 
-    def compute(module: Attention, args: tuple, image_size: tuple[int, int]) -> AttentionMap:
-        tokens = args[0]  # (B, N, C)
-        batch, num_tokens, _ = tokens.shape
-        qkv = module.qkv(tokens).reshape(batch, num_tokens, 3, module.num_heads, module.head_dim)
-        q, k, _ = qkv.permute(2, 0, 3, 1, 4).unbind(0)
-        probs = attention_probs(module.q_norm(q), module.k_norm(k))
-        grid = (image_size[0] // patch_size, image_size[1] // patch_size)
-        return AttentionMap(probs, "self", grid, num_prefix_tokens)
+    def probe(q, k, mask, layout):
+        detached = None if mask is None else mask.detach()
+        tokens = TokenGrid(*layout.grid, site.stride, image_size())
+        keep(CachedAttention(q.detach(), k.detach(), detached, layout, tokens))
+        return None
 
-    return AttentionSite(attn, compute)
+    return probe
+
+
+@dataclass
+class Forward:
+    """The maps of one forward pass, with the view it saw."""
+
+    view: View | None
+    attention: dict = field(default_factory=dict)

@@ -46,12 +46,26 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from timm.layers import DropPath, Mlp, resample_abs_pos_embed, to_2tuple, trunc_normal_
+from timm.layers import DropPath, Mlp, trunc_normal_
 from torch import nn
 
-from workbench.models.explain import AttentionMap, AttentionSite, attention_probs
+from workbench.models.explain import (
+    AttentionSite,
+    CrossLayout,
+    GroupingLayout,
+    Probed,
+    WindowLayout,
+    attend,
+)
 from workbench.models.heads import FCNHead, SegFormerHead, UPerHead
-from workbench.models.layers import merge_heads, split_heads
+from workbench.models.layers import (
+    check_dtype,
+    check_images,
+    check_img_size,
+    merge_heads,
+    resample_pos_embed,
+    split_heads,
+)
 from workbench.models.registry import (
     PaperFigures,
     drop_timm_factory_kwargs,
@@ -131,7 +145,7 @@ def _from_stripes(
     return x[:, :height, :width].reshape(batch, height * width, -1)
 
 
-class StripeAttention(nn.Module):
+class StripeAttention(nn.Module, Probed):
     """One branch of the cross-shaped window attention (CSWin) with LePE, on its half of the channels.
 
     Vertical branch: stripes of full height and ``width`` columns; horizontal: ``width`` rows and
@@ -157,21 +171,22 @@ class StripeAttention(nn.Module):
         real = torch.ones(1, grid[0] * grid[1], 1, dtype=torch.bool, device=device)
         return _to_stripes(real, grid, window).reshape(-1, 1, 1, window[0] * window[1]).repeat(batch, 1, 1, 1)
 
-    def stripes(self, q, k, v, grid):
-        """Queries, keys and values cut into stripes and heads: (B * windows, heads, L, d) each."""
+    def layout(self, grid: tuple[int, int]) -> WindowLayout:
         window = self.window(grid)
-        return [split_heads(_to_stripes(t, grid, window), self.num_heads) for t in (q, k, v)]
+        count = (-(-grid[0] // window[0]), -(-grid[1] // window[1]))
+        return WindowLayout(tuple(grid), size=window, count=count)
 
     def forward(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, grid: tuple[int, int]
     ) -> torch.Tensor:
         """q, k, v (B, H*W, dim) -> (B, H*W, dim)."""
         window = self.window(grid)
-        q_s, k_s, v_s = self.stripes(q, k, v, grid)
-        values = _to_stripes(v, grid, window)  # (B * windows, L, dim)
+        q_s, k_s, values = (_to_stripes(t, grid, window) for t in (q, k, v))  # (B * windows, L, dim)
         lepe = _to_tokens(self.lepe(values.transpose(1, 2).reshape(-1, values.shape[-1], *window)))
         mask = self.key_mask(grid, q.shape[0], q.device)
-        attended = merge_heads(F.scaled_dot_product_attention(q_s, k_s, v_s, attn_mask=mask)) + lepe
+        heads = [split_heads(t, self.num_heads) for t in (q_s, k_s, values)]
+        attended = attend(*heads, mask, probe=self.probe(), layout=lambda: self.layout(grid))
+        attended = merge_heads(attended) + lepe
         return _from_stripes(attended, grid, window, q.shape[0])
 
 
@@ -204,7 +219,7 @@ class StripeBlock(nn.Module):
         return _to_tokens(self.dwconv(_to_map(x, grid)))
 
 
-class GroupingAttention(nn.Module):
+class GroupingAttention(nn.Module, Probed):
     """Queries gather image tokens; only the keys are projected (``LightAttModule``).
 
     q = LN(queries), v = LN(tokens), k = W_k v; softmax over the image tokens; no output projection.
@@ -224,9 +239,13 @@ class GroupingAttention(nn.Module):
             split_heads(t, self.num_heads) for t in (self.norm_query(queries), self.k_proj(values), values)
         ]
 
-    def forward(self, queries: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        """queries (B, G, C), image tokens (B, N, C) -> grouped features (B, G, C)."""
-        return merge_heads(F.scaled_dot_product_attention(*self.qkv(queries, tokens)))
+    def forward(
+        self, queries: torch.Tensor, tokens: torch.Tensor, grid: tuple[int, int] | None = None
+    ) -> torch.Tensor:
+        """queries (B, G, C), image tokens (B, N, C) on ``grid`` -> grouped features (B, G, C)."""
+        return merge_heads(
+            attend(*self.qkv(queries, tokens), probe=self.probe(), layout=lambda: GroupingLayout(grid))
+        )
 
 
 class GroupPropagation(nn.Module):
@@ -246,7 +265,7 @@ class GroupPropagation(nn.Module):
         return groups + self.drop_path(self.channel_mlp(self.norm2(groups)))
 
 
-class UngroupingAttention(nn.Module):
+class UngroupingAttention(nn.Module, Probed):
     """Image tokens read the groups back (``FullAttnCatBlock``).
 
     Full cross-attention (q from LN(tokens), k and v from LN(groups)), then Linear(2C -> C) over
@@ -274,9 +293,14 @@ class UngroupingAttention(nn.Module):
         projected = (self.q_proj(self.norm_query(tokens)), self.k_proj(keys), self.v_proj(keys))
         return [split_heads(t, self.num_heads) for t in projected]
 
-    def forward(self, tokens: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
-        """tokens (B, N, C), groups (B, G, C) -> (B, N, C)."""
-        attended = self.out_proj(merge_heads(F.scaled_dot_product_attention(*self.qkv(tokens, groups))))
+    def forward(self, tokens: torch.Tensor, groups: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """tokens (B, N, C) on ``grid``, groups (B, G, C) -> (B, N, C)."""
+        attended = attend(
+            *self.qkv(tokens, groups),
+            probe=self.probe(),
+            layout=lambda: CrossLayout(grid, key_shape=(groups.shape[1],)),
+        )
+        attended = self.out_proj(merge_heads(attended))
         x = self.fuse(torch.cat([tokens, self.drop_path(attended)], dim=-1))
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
@@ -306,8 +330,8 @@ class GPBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         """(B, H*W, C) -> (B, H*W, C)."""
-        groups = self.grouping(self.group_tokens.expand(x.shape[0], -1, -1), x)
-        x = self.ungrouping(x, self.propagation(groups))
+        groups = self.grouping(self.group_tokens.expand(x.shape[0], -1, -1), x, grid)
+        x = self.ungrouping(x, self.propagation(groups), grid)
         return _to_tokens(self.dwconv(_to_map(x, grid)))
 
 
@@ -370,7 +394,7 @@ class GPViT(nn.Module):
         self.num_classes = num_classes
         self.global_pool = global_pool
         self.out_indices = tuple(sorted(set(out_indices)))
-        self.pretrain_grid = token_grid(to_2tuple(img_size))
+        self.pretrain_grid = token_grid(check_img_size(img_size))
         self.patch_embed = ConvStem(in_chans, embed_dim, num_stem_convs)
         self.pos_embed = nn.Parameter(
             torch.zeros(1, self.pretrain_grid[0] * self.pretrain_grid[1], embed_dim)
@@ -394,6 +418,21 @@ class GPViT(nn.Module):
             if isinstance(block, GPBlock):
                 trunc_normal_(block.group_tokens, std=0.02)
 
+    def no_weight_decay(self) -> set[str]:
+        """Position embedding, group tokens and the neck's query token train without weight decay
+        (timm's convention; the official recipe's ``custom_keys``)."""
+        tokens = ("pos_embed", "group_tokens", "query_token")
+        return {name for name, _ in self.named_parameters() if name.rsplit(".", 1)[-1] in tokens}
+
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """timm's parameter groups: stem, blocks, then norms and the pooling neck; the classifier
+        ``head``, left unmatched, is the head group."""
+        blocks = r"^blocks\.(\d+)"
+        return dict(
+            stem=r"^pos_embed|patch_embed",
+            blocks=blocks if coarse else [(blocks, None), (r"^norm|out_norms|neck", (99999,))],
+        )
+
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
         if isinstance(module, nn.Linear):
@@ -403,23 +442,14 @@ class GPViT(nn.Module):
 
     def check_images(self, images: torch.Tensor) -> None:
         """Raise a ValueError naming what was expected if ``images`` cannot go through the stem."""
-        if images.ndim != 4 or images.shape[1] != self.in_chans:
-            raise ValueError(
-                f"expected images of shape (B, {self.in_chans}, H, W), got {tuple(images.shape)}"
-            )
-        if min(images.shape[-2:]) < STRIDE:
-            raise ValueError(
-                f"image sides must be at least {STRIDE} pixels (one stride-{STRIDE} token), got "
-                f"{images.shape[-2]}x{images.shape[-1]}"
-            )
+        check_images(images, self.in_chans, min_size=STRIDE)
+        check_dtype(images, self.pos_embed)
 
     def _embed(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         self.check_images(images)
         x = self.patch_embed(images)
         grid = tuple(x.shape[-2:])
-        pos_embed = resample_abs_pos_embed(
-            self.pos_embed, new_size=grid, old_size=self.pretrain_grid, num_prefix_tokens=0, antialias=False
-        )  # bicubic, as mmcls resize_pos_embed
+        pos_embed = resample_pos_embed(self.pos_embed, grid, self.pretrain_grid, rule="bicubic")  # as mmcls
         return _to_tokens(x) + pos_embed, grid
 
     def forward_intermediates(self, images: torch.Tensor, indices: Sequence[int]) -> list[torch.Tensor]:
@@ -457,35 +487,16 @@ class GPViT(nn.Module):
         return self.forward_head(self.forward_features(images))
 
     def attention_sites(self) -> dict[str, AttentionSite]:
+        """Stripe attention (vertical and horizontal branches), grouping and ungrouping, at stride 8."""
         sites = {}
         for i, block in enumerate(self.blocks):
             if isinstance(block, GPBlock):
-                sites[f"blocks.{i}.grouping"] = AttentionSite(block.grouping, _grouping_map)
-                sites[f"blocks.{i}.ungrouping"] = AttentionSite(block.ungrouping, _ungrouping_map)
+                sites[f"blocks.{i}.grouping"] = AttentionSite(block.grouping, STRIDE)
+                sites[f"blocks.{i}.ungrouping"] = AttentionSite(block.ungrouping, STRIDE)
             else:
-                sites[f"blocks.{i}.vertical"] = AttentionSite(block.stripes[0], _stripe_map)
-                sites[f"blocks.{i}.horizontal"] = AttentionSite(block.stripes[1], _stripe_map)
+                sites[f"blocks.{i}.vertical"] = AttentionSite(block.stripes[0], STRIDE)
+                sites[f"blocks.{i}.horizontal"] = AttentionSite(block.stripes[1], STRIDE)
         return sites
-
-
-def _grouping_map(module: GroupingAttention, args: tuple, image_size: tuple[int, int]) -> AttentionMap:
-    q, k, _ = module.qkv(*args)
-    return AttentionMap(attention_probs(q, k), "grouping", token_grid(image_size))
-
-
-def _ungrouping_map(module: UngroupingAttention, args: tuple, image_size: tuple[int, int]) -> AttentionMap:
-    q, k, _ = module.qkv(*args)
-    return AttentionMap(attention_probs(q, k), "ungrouping", token_grid(image_size))
-
-
-def _stripe_map(module: StripeAttention, args: tuple, image_size: tuple[int, int]) -> AttentionMap:
-    q, k, v, grid = args
-    q_s, k_s, _ = module.stripes(q, k, v, grid)
-    probs = attention_probs(q_s, k_s, module.key_mask(grid, q.shape[0], q.device))
-    probs = probs.reshape(q.shape[0], -1, *probs.shape[1:]).transpose(1, 2)  # (B, heads, windows, L, L)
-    window = module.window(grid)
-    key_grid = (-(-grid[0] // window[0]), -(-grid[1] // window[1]))
-    return AttentionMap(probs, "window", tuple(grid), window=window, key_grid=key_grid)
 
 
 class GPViTSegmentor(Segmentor):
@@ -579,63 +590,65 @@ def _segmentor_figures(variant: str, decoder: str) -> PaperFigures:
 
 
 _gpvit = partial(register, family="GPViT")
+_TINY = dict(embed_dim=24, depth=4, group_layers={1: 8, 3: 4})  # stripe, GP, stripe, GP
+_TINY_DENSE = dict(_TINY, out_indices=(0, 1, 2, 3))
 
 
-@_gpvit(task="classification", paper=_classifier_figures("l1"))
+@_gpvit(task="classification", paper=_classifier_figures("l1"), tiny=_TINY)
 def gpvit_l1(pretrained: bool = False, **kwargs: Any) -> GPViT:
     return _classifier("l1", pretrained, kwargs)
 
 
-@_gpvit(task="classification", paper=_classifier_figures("l2"))
+@_gpvit(task="classification", paper=_classifier_figures("l2"), tiny=_TINY)
 def gpvit_l2(pretrained: bool = False, **kwargs: Any) -> GPViT:
     return _classifier("l2", pretrained, kwargs)
 
 
-@_gpvit(task="classification", paper=_classifier_figures("l3"))
+@_gpvit(task="classification", paper=_classifier_figures("l3"), tiny=_TINY)
 def gpvit_l3(pretrained: bool = False, **kwargs: Any) -> GPViT:
     return _classifier("l3", pretrained, kwargs)
 
 
-@_gpvit(task="classification", paper=_classifier_figures("l4"))
+@_gpvit(task="classification", paper=_classifier_figures("l4"), tiny=_TINY)
 def gpvit_l4(pretrained: bool = False, **kwargs: Any) -> GPViT:
     return _classifier("l4", pretrained, kwargs)
 
 
-@_gpvit(task="segmentation", paper=_segmentor_figures("l1", "upernet"))
+@_gpvit(task="segmentation", paper=_segmentor_figures("l1", "upernet"), tiny=_TINY_DENSE)
 def gpvit_l1_upernet(pretrained: bool = False, **kwargs: Any) -> GPViTSegmentor:
     return _segmentor("l1", "upernet", pretrained, kwargs)
 
 
-@_gpvit(task="segmentation", paper=_segmentor_figures("l2", "upernet"))
+@_gpvit(task="segmentation", paper=_segmentor_figures("l2", "upernet"), tiny=_TINY_DENSE)
 def gpvit_l2_upernet(pretrained: bool = False, **kwargs: Any) -> GPViTSegmentor:
     return _segmentor("l2", "upernet", pretrained, kwargs)
 
 
-@_gpvit(task="segmentation", paper=_segmentor_figures("l3", "upernet"))
+@_gpvit(task="segmentation", paper=_segmentor_figures("l3", "upernet"), tiny=_TINY_DENSE)
 def gpvit_l3_upernet(pretrained: bool = False, **kwargs: Any) -> GPViTSegmentor:
     return _segmentor("l3", "upernet", pretrained, kwargs)
 
 
-@_gpvit(task="segmentation", paper=_segmentor_figures("l4", "upernet"))
+@_gpvit(task="segmentation", paper=_segmentor_figures("l4", "upernet"), tiny=_TINY_DENSE)
 def gpvit_l4_upernet(pretrained: bool = False, **kwargs: Any) -> GPViTSegmentor:
     return _segmentor("l4", "upernet", pretrained, kwargs)
 
 
-@_gpvit(task="segmentation", paper=_segmentor_figures("l1", "segformer"))
+@_gpvit(task="segmentation", paper=_segmentor_figures("l1", "segformer"), tiny=_TINY_DENSE)
 def gpvit_l1_segformer(pretrained: bool = False, **kwargs: Any) -> GPViTSegmentor:
     return _segmentor("l1", "segformer", pretrained, kwargs)
 
 
-@_gpvit(task="segmentation", paper=_segmentor_figures("l2", "segformer"))
+@_gpvit(task="segmentation", paper=_segmentor_figures("l2", "segformer"), tiny=_TINY_DENSE)
 def gpvit_l2_segformer(pretrained: bool = False, **kwargs: Any) -> GPViTSegmentor:
     return _segmentor("l2", "segformer", pretrained, kwargs)
 
 
-@_gpvit(task="segmentation", paper=_segmentor_figures("l3", "segformer"))
+@_gpvit(task="segmentation", paper=_segmentor_figures("l3", "segformer"), tiny=_TINY_DENSE)
 def gpvit_l3_segformer(pretrained: bool = False, **kwargs: Any) -> GPViTSegmentor:
     return _segmentor("l3", "segformer", pretrained, kwargs)
 
 
-@_gpvit(task="segmentation", paper=_segmentor_figures("l4", "segformer"))
+@_gpvit(task="segmentation", paper=_segmentor_figures("l4", "segformer"), tiny=_TINY_DENSE)
 def gpvit_l4_segformer(pretrained: bool = False, **kwargs: Any) -> GPViTSegmentor:
     return _segmentor("l4", "segformer", pretrained, kwargs)

@@ -52,7 +52,7 @@ D17. Global position bias: the released call is broken (it builds a square token
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -62,9 +62,18 @@ import torch.nn.functional as F
 from timm.layers import DropPath, Mlp, trunc_normal_
 from torch import nn
 
-from workbench.models.explain import AttentionMap, AttentionSite, attention_probs
+from workbench.models.explain import (
+    AttentionSite,
+    CrossLayout,
+    Layout,
+    Probe,
+    Probed,
+    SelfLayout,
+    WindowLayout,
+    attend,
+)
 from workbench.models.heads import FCNHead
-from workbench.models.layers import merge_heads, resize, split_heads
+from workbench.models.layers import check_dtype, check_images, merge_heads, resize, split_heads
 from workbench.models.registry import (
     PaperFigures,
     drop_timm_factory_kwargs,
@@ -76,6 +85,12 @@ from workbench.models.segmentor import Segmentor
 
 WINDOW = 7
 LayerNorm6 = partial(nn.LayerNorm, eps=1e-6)
+
+
+def position_bias_names(module: nn.Module) -> set[str]:
+    """The dynamic position bias MLPs' parameters: no weight decay, as Swin and CrossFormer exempt
+    their relative position bias tables (timm's ``no_weight_decay`` convention)."""
+    return {name for name, _ in module.named_parameters() if ".position_bias." in name}
 
 
 def _grid_coords(rows: int, cols: int, device: torch.device) -> torch.Tensor:
@@ -203,17 +218,35 @@ def _global_bias(position_bias: DynamicPositionBias, groups: Groups, device: tor
 
 
 def _biased_attention(
-    q, k, v, num_heads: int, bias: torch.Tensor, real_keys: torch.Tensor | None
+    q,
+    k,
+    v,
+    num_heads: int,
+    bias: torch.Tensor,
+    real_keys: torch.Tensor | None,
+    probe: Probe | None,
+    layout: Callable[[], Layout],
 ) -> torch.Tensor:
     """Multi-head attention of q (B, Nq, C) over k, v (B, Nk, C) plus ``bias`` (heads, Nq, Nk)."""
     mask = bias.unsqueeze(0).to(q.dtype)
     if real_keys is not None:
         mask = mask.masked_fill(~real_keys[:, None, None, :], float("-inf"))
     heads = [split_heads(t, num_heads) for t in (q, k, v)]
-    return merge_heads(F.scaled_dot_product_attention(*heads, attn_mask=mask))
+    return merge_heads(attend(*heads, mask, probe=probe, layout=layout))
 
 
-class LocalAttention(nn.Module):
+def _window_layout(groups: Groups) -> WindowLayout:
+    return WindowLayout(groups.grid, size=groups.size, count=groups.count, dilated=groups.dilated)
+
+
+def _global_layout(grid: tuple[int, int], groups: Groups | None) -> Layout:
+    """Token-to-window attention, or (stage 4, ``groups`` None) self-attention over the grid."""
+    if groups is None:
+        return SelfLayout(tuple(grid))
+    return CrossLayout(tuple(grid), key_shape=groups.count, windows=_window_layout(groups))
+
+
+class LocalAttention(nn.Module, Probed):
     """Attention inside each group with a dynamic position bias; no projections of its own."""
 
     def __init__(self, dim: int, num_heads: int) -> None:
@@ -226,10 +259,13 @@ class LocalAttention(nn.Module):
 
     def forward(self, q, k, v, groups: Groups, real_keys: torch.Tensor | None) -> torch.Tensor:
         """q, k, v (B * groups, L, C) -> (B * groups, L, C)."""
-        return _biased_attention(q, k, v, self.num_heads, self.bias(groups, q.device), real_keys)
+        bias = self.bias(groups, q.device)
+        return _biased_attention(
+            q, k, v, self.num_heads, bias, real_keys, self.probe(), lambda: _window_layout(groups)
+        )
 
 
-class GlobalAttention(nn.Module):
+class GlobalAttention(nn.Module, Probed):
     """Every token attends to keys at given positions (window tokens, or all tokens in stage 4)."""
 
     def __init__(self, dim: int, num_heads: int) -> None:
@@ -247,7 +283,9 @@ class GlobalAttention(nn.Module):
 
     def forward(self, q, k, v, grid: tuple[int, int], groups: Groups | None) -> torch.Tensor:
         """q (B, H*W, C) on ``grid``; k, v (B, groups, C) for ``groups``, or (B, H*W, C) when None."""
-        return self.proj(_biased_attention(q, k, v, self.num_heads, self.bias(grid, groups, q.device), None))
+        bias = self.bias(grid, groups, q.device)
+        layout = partial(_global_layout, grid, groups)
+        return self.proj(_biased_attention(q, k, v, self.num_heads, bias, None, self.probe(), layout))
 
 
 class ConvMlpStep(nn.Module):
@@ -412,6 +450,11 @@ class HLG(nn.Module):
         img_size: int | None = None,
     ) -> None:
         super().__init__()
+        if img_size is not None:  # accepted only to say so: timm-style callers pass it to every model
+            raise ValueError(
+                f"HLG has no position embedding tied to an input size (its position biases are computed "
+                f"from offsets), so any input size works: drop img_size={img_size!r}"
+            )
         if not len(dims) == len(heads) == len(depths) == 4:
             raise ValueError(
                 f"dims, heads and depths need 4 entries (one per stage), got {dims}, {heads}, {depths}"
@@ -458,6 +501,14 @@ class HLG(nn.Module):
         self.head = nn.Linear(dims[-1], num_classes) if num_classes else nn.Identity()
         self.apply(self._init_weights)
 
+    def no_weight_decay(self) -> set[str]:
+        return position_bias_names(self)
+
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """timm's parameter groups: stem, stages (or their layers), stage norms; ``head`` unmatched."""
+        layers = r"^stages\.(\d+)" if coarse else r"^stages\.(\d+)\.(\d+)"
+        return dict(stem=r"^stem", blocks=[(layers, None), (r"^norms\.(\d+)", (99999,))])
+
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
         if isinstance(module, nn.Linear):
@@ -467,10 +518,8 @@ class HLG(nn.Module):
 
     def forward_dense(self, images: torch.Tensor) -> list[torch.Tensor]:
         """(B, in_chans, H, W) -> four normalised maps (B, C_i, ceil(H / 2^(i+2)), ...)."""
-        if images.ndim != 4 or images.shape[1] != self.in_chans:
-            raise ValueError(
-                f"expected images of shape (B, {self.in_chans}, H, W), got {tuple(images.shape)}"
-            )
+        check_images(images, self.in_chans)
+        check_dtype(images, self.norms[0].weight)
         x = self.stem(images).permute(0, 2, 3, 1)
         outputs = []
         for layers, norm in zip(self.stages, self.norms, strict=True):
@@ -492,34 +541,18 @@ class HLG(nn.Module):
         return self.forward_head(self.forward_features(images))
 
     def attention_sites(self) -> dict[str, AttentionSite]:
+        """Local (window / dilated) and global attention of every layer; stage s runs at stride 4 * 2^s."""
         sites = {}
         for stage, layers in enumerate(self.stages):
+            stride = 4 * 2**stage
             for i, layer in enumerate(layers):
                 if isinstance(layer, HLGLayer):
-                    sites[f"stages.{stage}.{i}.local"] = AttentionSite(layer.local_attn, _local_map)
-                sites[f"stages.{stage}.{i}.global"] = AttentionSite(layer.global_attn, _global_map)
+                    sites[f"stages.{stage}.{i}.local"] = AttentionSite(layer.local_attn, stride)
+                sites[f"stages.{stage}.{i}.global"] = AttentionSite(layer.global_attn, stride)
         return sites
 
 
-def _local_map(module: LocalAttention, args: tuple, image_size: tuple[int, int]) -> AttentionMap:
-    q, k, _, groups, real = args
-    heads = [split_heads(t, module.num_heads) for t in (q, k)]
-    probs = attention_probs(*heads, real, module.bias(groups, q.device))
-    probs = probs.reshape(-1, groups.count[0] * groups.count[1], *probs.shape[1:]).transpose(1, 2)
-    kind = "dilated" if groups.dilated else "window"
-    return AttentionMap(probs, kind, groups.grid, window=groups.size, key_grid=groups.count)
-
-
-def _global_map(module: GlobalAttention, args: tuple, image_size: tuple[int, int]) -> AttentionMap:
-    q, k, _, grid, groups = args
-    heads = [split_heads(t, module.num_heads) for t in (q, k)]
-    probs = attention_probs(*heads, None, module.bias(grid, groups, q.device))
-    if groups is None:  # stage 4: self-attention over the grid
-        return AttentionMap(probs, "self", tuple(grid))
-    return AttentionMap(probs, "global", tuple(grid), key_grid=groups.count)
-
-
-class HeadAttention(nn.Module):
+class HeadAttention(nn.Module, Probed):
     """The HLG-UP head's attention: one module (q, kv, position bias, projection) serves both the
     local attention inside groups and the global attention onto the LayerNorm'ed window tokens."""
 
@@ -536,13 +569,19 @@ class HeadAttention(nn.Module):
         """(B * groups, L, C) -> (B * groups, L, C)."""
         bias = _local_bias(self.position_bias, groups, tokens.device)
         k, v = self.kv(tokens).chunk(2, dim=-1)
-        return self.proj(_biased_attention(self.q(tokens), k, v, self.num_heads, bias, None))
+        layout = partial(_window_layout, groups)
+        return self.proj(
+            _biased_attention(self.q(tokens), k, v, self.num_heads, bias, None, self.probe("local"), layout)
+        )
 
     def cross(self, tokens: torch.Tensor, windows: torch.Tensor, groups: Groups) -> torch.Tensor:
         """tokens (B, H*W, C) onto window tokens (B, groups, C) -> (B, H*W, C)."""
         bias = _global_bias(self.position_bias, groups, tokens.device)
         k, v = self.kv(self.window_norm(windows)).chunk(2, dim=-1)
-        return self.proj(_biased_attention(self.q(tokens), k, v, self.num_heads, bias, None))
+        layout = partial(_global_layout, groups.grid, groups)
+        return self.proj(
+            _biased_attention(self.q(tokens), k, v, self.num_heads, bias, None, self.probe("global"), layout)
+        )
 
 
 class HeadLayer(nn.Module):
@@ -602,6 +641,17 @@ class HLGUPHead(nn.Module):
         )
         self.dropout = nn.Dropout2d(dropout)
         self.classifier = nn.Conv2d(channels, num_classes, 1)
+
+    def no_weight_decay(self) -> set[str]:
+        return position_bias_names(self)
+
+    def attention_sites(self) -> dict[str, AttentionSite]:
+        """Local and global attention of each head layer, at stride 4."""
+        return {
+            f"layers.{i}.{slot}": AttentionSite(layer.attn, 4, slot)
+            for i, layer in enumerate(self.layers)
+            for slot in ("local", "global")
+        }
 
     def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
         """Stage maps (B, C_i, H_i, W_i) -> logits (B, K, H_0, W_0)."""
@@ -679,38 +729,39 @@ def _classifier_figures(variant: str) -> PaperFigures:
 
 _SEGMENTOR_FIGURES = PaperFigures("HLG README, Cityscapes", 768, 19, note=_SEG_NOTE)
 _hlg = partial(register, family="HLG")
+_TINY = dict(dims=(32, 64, 128, 256), heads=(1, 2, 2, 4), depths=(2, 2, 2, 2))
 
 
-@_hlg(task="classification", paper=_classifier_figures("tiny"))
+@_hlg(task="classification", paper=_classifier_figures("tiny"), tiny=_TINY)
 def hlg_tiny(pretrained: bool = False, **kwargs: Any) -> HLG:
     return _classifier("tiny", pretrained, kwargs)
 
 
-@_hlg(task="classification", paper=_classifier_figures("small"))
+@_hlg(task="classification", paper=_classifier_figures("small"), tiny=_TINY)
 def hlg_small(pretrained: bool = False, **kwargs: Any) -> HLG:
     return _classifier("small", pretrained, kwargs)
 
 
-@_hlg(task="classification", paper=_classifier_figures("medium"))
+@_hlg(task="classification", paper=_classifier_figures("medium"), tiny=_TINY)
 def hlg_medium(pretrained: bool = False, **kwargs: Any) -> HLG:
     return _classifier("medium", pretrained, kwargs)
 
 
-@_hlg(task="classification", paper=_classifier_figures("large"))
+@_hlg(task="classification", paper=_classifier_figures("large"), tiny=_TINY)
 def hlg_large(pretrained: bool = False, **kwargs: Any) -> HLG:
     return _classifier("large", pretrained, kwargs)
 
 
-@_hlg(task="segmentation", paper=_SEGMENTOR_FIGURES)
+@_hlg(task="segmentation", paper=_SEGMENTOR_FIGURES, tiny=_TINY)
 def setr_hlg_small(pretrained: bool = False, **kwargs: Any) -> SETRHLG:
     return _segmentor("small", pretrained, kwargs)
 
 
-@_hlg(task="segmentation", paper=_SEGMENTOR_FIGURES)
+@_hlg(task="segmentation", paper=_SEGMENTOR_FIGURES, tiny=_TINY)
 def setr_hlg_medium(pretrained: bool = False, **kwargs: Any) -> SETRHLG:
     return _segmentor("medium", pretrained, kwargs)
 
 
-@_hlg(task="segmentation", paper=_SEGMENTOR_FIGURES)
+@_hlg(task="segmentation", paper=_SEGMENTOR_FIGURES, tiny=_TINY)
 def setr_hlg_large(pretrained: bool = False, **kwargs: Any) -> SETRHLG:
     return _segmentor("large", pretrained, kwargs)

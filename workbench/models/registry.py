@@ -3,18 +3,23 @@
 Each variant is a function named after the model, decorated with ``@register(...)``. The decorator
 registers it with timm (so ``timm.create_model(name)`` works once ``workbench`` is imported) and
 records what the workbench needs besides: the family, the task, and the paper's setting and figures
-that ``workbench models`` compares against.
+that ``workbench models`` compares against. Every model it builds carries a timm-style
+``pretrained_cfg`` (normalisation, input size, classes, resize interpolation) for that setting, which
+is what the Predictor reads.
 """
 
 from __future__ import annotations
 
 import difflib
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from timm.models import register_model
 from torch import nn
+
+from workbench.config import IMAGENET_MEAN, IMAGENET_STD
 
 # Keyword arguments timm.create_model passes to every entry point; ours take no pretrained config.
 _TIMM_FACTORY_KWARGS = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir")
@@ -52,22 +57,50 @@ class ModelInfo:
     task: str  # "segmentation" or "classification"
     paper: PaperFigures
     entrypoint: Callable[..., nn.Module]
+    pretrained_cfg: dict[str, Any]  # what every model built by ``entrypoint`` carries (a copy each)
+    tiny: dict[str, Any] = field(default_factory=dict)  # a few-layer, narrow build for tests
 
 
 _MODELS: dict[str, ModelInfo] = {}
 
 
-def register(*, family: str, task: str, paper: PaperFigures) -> Callable:
-    """Register a variant's entry point with timm and with the workbench."""
+def register(*, family: str, task: str, paper: PaperFigures, tiny: dict[str, Any] | None = None) -> Callable:
+    """Register a variant's entry point with timm and with the workbench.
+
+    ``tiny``: keyword arguments that shrink the variant (few layers, narrow) with its structure
+    otherwise unchanged; the contract tests build every registered model with them.
+    """
 
     if family not in FAMILIES:
         raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
 
     def decorate(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        _MODELS[fn.__name__] = ModelInfo(fn.__name__, family, task, paper, fn)
-        return register_model(fn)
+        cfg = pretrained_cfg(fn.__name__, task, paper)
+
+        @functools.wraps(fn)
+        def entrypoint(*args: Any, **kwargs: Any) -> nn.Module:
+            model = fn(*args, **kwargs)
+            model.pretrained_cfg = dict(cfg)
+            return model
+
+        _MODELS[fn.__name__] = ModelInfo(fn.__name__, family, task, paper, entrypoint, cfg, dict(tiny or {}))
+        return register_model(entrypoint)
 
     return decorate
+
+
+def pretrained_cfg(name: str, task: str, paper: PaperFigures) -> dict[str, Any]:
+    """timm's ``pretrained_cfg`` for a variant in its paper's setting: ImageNet mean and std (0-1
+    scale, as timm writes them), the paper's input size and class count, and the resize interpolation
+    of its test pipeline (mmcls: bicubic; mmseg: bilinear)."""
+    return {
+        "architecture": name,
+        "mean": tuple(round(value / 255, 6) for value in IMAGENET_MEAN),
+        "std": tuple(round(value / 255, 6) for value in IMAGENET_STD),
+        "input_size": (3, paper.input_size, paper.input_size),
+        "num_classes": paper.num_classes,
+        "interpolation": "bicubic" if task == "classification" else "bilinear",
+    }
 
 
 def drop_timm_factory_kwargs(pretrained: bool, kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from workbench.models.layers import resize
+from workbench.models.layers import check_dtype, check_images, resize
 
 HeadInput = int | tuple[int, ...]
 
@@ -71,25 +71,8 @@ class Segmentor(nn.Module):
 
     def check_images(self, images: torch.Tensor) -> None:
         """Raise a ValueError naming what was expected if ``images`` cannot go through the model."""
-        expected = f"a float tensor of shape (B, {self.in_chans}, H, W)"
-        if not isinstance(images, torch.Tensor) or images.ndim != 4:
-            shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
-            raise ValueError(f"expected {expected}, got {shape}")
-        if not images.is_floating_point():
-            raise ValueError(f"expected {expected} (normalised images), got dtype {images.dtype}")
-        if images.shape[1] != self.in_chans:
-            raise ValueError(
-                f"expected {self.in_chans} input channels, got {images.shape[1]} (shape {tuple(images.shape)})"
-            )
-        height, width = images.shape[-2:]
-        if min(height, width) < self.min_size:
-            raise ValueError(f"image sides must be at least {self.min_size} pixels, got {height}x{width}")
-        d = self.size_divisor
-        if height % d or width % d:
-            raise ValueError(
-                f"image sides must be multiples of {d}, got {height}x{width}; pad or resize to e.g. "
-                f"{-(-height // d) * d}x{-(-width // d) * d}"
-            )
+        check_images(images, self.in_chans, self.min_size, self.size_divisor)
+        check_dtype(images, next(self.parameters()))
 
     def extract_features(self, images: torch.Tensor) -> list[torch.Tensor]:
         """Backbone (and neck) features: a list of NCHW maps."""
@@ -130,6 +113,26 @@ class Segmentor(nn.Module):
         losses["loss"] = total
         return losses
 
+    def no_weight_decay(self) -> set[str]:
+        """Parameters trained without weight decay (timm's convention): those its parts name."""
+        return {
+            f"{part}.{name}"
+            for part, module in self.named_children()
+            if hasattr(module, "no_weight_decay")
+            for name in module.no_weight_decay()
+        }
+
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """timm-style groups: backbone and neck. What they leave unmatched, the decode and auxiliary
+        heads, is the head group (mmseg's recipes give it ``head_lr_mult``; SETR-MLA's neck is not)."""
+        return dict(backbone=r"^backbone\.", neck=r"^neck\.")
+
     def attention_sites(self) -> dict:
-        """Modules whose attention the explain mode can record (see ``workbench.viz.record``)."""
-        return self.backbone.attention_sites()
+        """Attention the explain mode can record (``workbench.viz.record``): the backbone's sites, then
+        the decode head's (named ``decode_head.<site>``) where it has attention of its own."""
+        sites = dict(self.backbone.attention_sites())
+        if hasattr(self.decode_head, "attention_sites"):
+            sites.update(
+                {f"decode_head.{name}": site for name, site in self.decode_head.attention_sites().items()}
+            )
+        return sites

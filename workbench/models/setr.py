@@ -67,18 +67,47 @@ from functools import partial
 from typing import Any
 
 import torch
-from timm.layers import LayerNorm2d, resample_abs_pos_embed, to_2tuple
+from timm.layers import Attention, LayerNorm2d
 from timm.models import VisionTransformer
 from torch import nn
 
-from workbench.models.explain import AttentionSite, vit_attention_site
-from workbench.models.layers import ConvBNReLU, upsample
+from workbench.models.explain import AttentionSite, Probed, SelfLayout, attend
+from workbench.models.layers import ConvBNReLU, check_img_size, resample_pos_embed, upsample
 from workbench.models.registry import PaperFigures, drop_timm_factory_kwargs, register
 from workbench.models.segmentor import Segmentor
 
 PATCH_SIZE = 16
 DECODERS = ("naive", "pup", "mla")
 FLAVOURS = ("official", "mmseg")
+
+
+class ProbedAttention(Attention, Probed):
+    """timm's ``Attention`` (same weights, same names) computed through the shared ``attend``, so the
+    explain mode can probe it. ``grid`` and ``num_prefix_tokens`` are set by the encoder."""
+
+    grid: tuple[int, int] = (0, 0)
+    num_prefix_tokens: int = 0
+
+    def forward(
+        self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False
+    ) -> torch.Tensor:
+        """(B, N, C) -> (B, N, C); ``attn_mask`` as timm's, ``is_causal`` is not supported."""
+        if is_causal:
+            raise ValueError("SETR's encoder attention is bidirectional; is_causal=True is not supported")
+        batch, tokens, _ = x.shape
+        qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        q, k = self.q_norm(q), self.k_norm(k)
+        x = attend(
+            q,
+            k,
+            v,
+            attn_mask,
+            probe=self.probe(),
+            layout=lambda: SelfLayout(self.grid, self.num_prefix_tokens),
+        )
+        x = self.norm(x.transpose(1, 2).reshape(batch, tokens, self.attn_dim))
+        return self.proj_drop(self.proj(x))
 
 
 class SETREncoder(VisionTransformer):
@@ -101,8 +130,7 @@ class SETREncoder(VisionTransformer):
         class_token: bool = True,
         drop_path_rate: float = 0.0,
     ) -> None:
-        if any(side % PATCH_SIZE for side in to_2tuple(img_size)):
-            raise ValueError(f"img_size sides must be multiples of {PATCH_SIZE}, got {img_size}")
+        check_img_size(img_size, PATCH_SIZE)
         bad = [i for i in out_indices if not 0 <= i < depth]
         if bad:
             raise ValueError(f"encoder layers {bad} do not exist in a {depth}-layer encoder (0-based)")
@@ -122,6 +150,7 @@ class SETREncoder(VisionTransformer):
             dynamic_img_size=True,
             drop_path_rate=drop_path_rate,
             norm_layer=partial(nn.LayerNorm, eps=1e-6),
+            attn_layer=ProbedAttention,
         )
         self.out_indices = tuple(sorted(set(out_indices)))
         # Blocks after the deepest tap never influence an output: drop them.
@@ -130,14 +159,11 @@ class SETREncoder(VisionTransformer):
     def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:
         """Patch embeddings (B, H, W, C) -> tokens (B, [1 +] H*W, C) with position embedding."""
         batch, height, width, channels = x.shape
-        pos_embed = resample_abs_pos_embed(
-            self.pos_embed,
-            new_size=(height, width),
-            old_size=self.patch_embed.grid_size,
-            num_prefix_tokens=self.num_prefix_tokens,
-            interpolation="bilinear",
-            antialias=False,
+        pos_embed = resample_pos_embed(
+            self.pos_embed, (height, width), self.patch_embed.grid_size, self.num_prefix_tokens, "bilinear"
         )
+        for block in self.blocks:  # where the tokens lie, for the explain mode's probes
+            block.attn.grid, block.attn.num_prefix_tokens = (height, width), self.num_prefix_tokens
         x = x.reshape(batch, height * width, channels)
         if self.cls_token is not None:
             x = torch.cat([self.cls_token.expand(batch, -1, -1), x], dim=1)
@@ -148,10 +174,7 @@ class SETREncoder(VisionTransformer):
         return self.forward_intermediates(images, indices=list(self.out_indices), intermediates_only=True)
 
     def attention_sites(self) -> dict[str, AttentionSite]:
-        return {
-            f"blocks.{i}": vit_attention_site(block.attn, self.num_prefix_tokens, PATCH_SIZE)
-            for i, block in enumerate(self.blocks)
-        }
+        return {f"blocks.{i}": AttentionSite(block.attn, PATCH_SIZE) for i, block in enumerate(self.blocks)}
 
 
 class SETRUpHead(nn.Module):
@@ -272,6 +295,8 @@ class SETR(Segmentor):
 
     ``decode_layers`` / ``aux_layers`` (0-based encoder blocks) default to the paper's taps for 24- and
     12-layer encoders; other depths must name them. MLA's auxiliary heads sit on its streams.
+    ``aux_convs`` (mmseg flavour) sets the [conv, x4 up] stages of each Naive/PUP auxiliary head, mmseg's
+    ``num_convs``: 2 in its ADE20K Naive config; default as its Cityscapes configs (Naive 1, PUP 2).
     """
 
     def __init__(
@@ -290,6 +315,7 @@ class SETR(Segmentor):
         decode_layers: Sequence[int] | None = None,
         aux_layers: Sequence[int] | None = None,
         aux_heads: bool = True,
+        aux_convs: int | None = None,
         head_channels: int = 256,
         mla_channels: int = 256,
         mla_head_channels: int = 128,
@@ -299,6 +325,11 @@ class SETR(Segmentor):
             raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
         if flavour not in FLAVOURS:
             raise ValueError(f"flavour must be one of {FLAVOURS}, got {flavour!r}")
+        if aux_convs is not None and (flavour != "mmseg" or decoder == "mla" or aux_convs < 1):
+            raise ValueError(
+                f"aux_convs (conv stages per Naive/PUP auxiliary head, mmseg's num_convs) must be >= 1 and "
+                f"needs flavour='mmseg' and decoder 'naive' or 'pup', got {aux_convs!r} ({flavour}, {decoder})"
+            )
         if not isinstance(num_classes, int) or num_classes < 1:
             raise ValueError(f"num_classes must be an integer >= 1, got {num_classes!r}")
         if in_chans < 1:
@@ -335,6 +366,8 @@ class SETR(Segmentor):
             aux = aux if aux_heads else []
         else:
             kernel, main_scales, aux_scales, bias = _UP_HEADS[(decoder, flavour)]
+            if aux_convs is not None:  # mmseg's SETRUPHead: each stage is [conv, x4 up]
+                aux_scales = (4,) * aux_convs
             up_head = partial(
                 SETRUpHead, embed_dim, num_classes, kernel_size=kernel, conv_bias=bias, channels=head_channels
             )
@@ -427,48 +460,53 @@ def official_unused_params(model: SETR) -> int:
 
 
 _setr = partial(register, family="SETR", task="segmentation")
+_TINY = dict(
+    embed_dim=32, depth=4, num_heads=2, img_size=64, head_channels=16, mla_channels=16, mla_head_channels=8
+)
+_TINY_UP = dict(_TINY, decode_layers=(3,), aux_layers=(1, 2, 3))
+_TINY_MLA = dict(_TINY, decode_layers=(0, 1, 2, 3))
 
 
-@_setr(paper=_paper(305.67))
+@_setr(paper=_paper(305.67), tiny=_TINY_UP)
 def setr_naive_vit_large(pretrained: bool = False, **kwargs: Any) -> SETR:
     return _create("naive", "vit_large", pretrained, kwargs)
 
 
-@_setr(paper=_paper(318.31))
+@_setr(paper=_paper(318.31), tiny=_TINY_UP)
 def setr_pup_vit_large(pretrained: bool = False, **kwargs: Any) -> SETR:
     return _create("pup", "vit_large", pretrained, kwargs)
 
 
-@_setr(paper=_paper(310.57))
+@_setr(paper=_paper(310.57), tiny=_TINY_MLA)
 def setr_mla_vit_large(pretrained: bool = False, **kwargs: Any) -> SETR:
     return _create("mla", "vit_large", pretrained, kwargs)
 
 
-@_setr(paper=_paper(87.69))
+@_setr(paper=_paper(87.69), tiny=_TINY_UP)
 def setr_naive_vit_base(pretrained: bool = False, **kwargs: Any) -> SETR:
     return _create("naive", "vit_base", pretrained, kwargs)
 
 
-@_setr(paper=_paper(97.64))
+@_setr(paper=_paper(97.64), tiny=_TINY_UP)
 def setr_pup_vit_base(pretrained: bool = False, **kwargs: Any) -> SETR:
     return _create("pup", "vit_base", pretrained, kwargs)
 
 
-@_setr(paper=_paper(92.59))
+@_setr(paper=_paper(92.59), tiny=_TINY_MLA)
 def setr_mla_vit_base(pretrained: bool = False, **kwargs: Any) -> SETR:
     return _create("mla", "vit_base", pretrained, kwargs)
 
 
-@_setr(paper=_paper(87.69))
+@_setr(paper=_paper(87.69), tiny=_TINY_UP)
 def setr_naive_deit_base(pretrained: bool = False, **kwargs: Any) -> SETR:
     return _create("naive", "deit_base", pretrained, kwargs)
 
 
-@_setr(paper=_paper(97.64))
+@_setr(paper=_paper(97.64), tiny=_TINY_UP)
 def setr_pup_deit_base(pretrained: bool = False, **kwargs: Any) -> SETR:
     return _create("pup", "deit_base", pretrained, kwargs)
 
 
-@_setr(paper=_paper(92.59))
+@_setr(paper=_paper(92.59), tiny=_TINY_MLA)
 def setr_mla_deit_base(pretrained: bool = False, **kwargs: Any) -> SETR:
     return _create("mla", "deit_base", pretrained, kwargs)

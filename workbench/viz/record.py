@@ -1,37 +1,64 @@
-"""Explain mode: record attention maps of chosen layers.
+"""Explain mode: record the attention of chosen layers, on the forward pass's own path.
 
     with workbench.viz.record(model, layers=[23]) as rec:
         logits = model(images)
-    rec.attention["blocks.23"].probs        # (B, heads, N, N)
+    rec.attention["blocks.23"].probs        # (B, heads, N, N): the probabilities the forward used
 
-Only the requested sites are hooked; outputs are bitwise identical with and without recording
-(see ``workbench.models.explain``). Each forward pass inside the block replaces the previous maps.
+Only the requested sites leave the fast path (``workbench.models.explain``); outputs equal the fast
+path's within ``EXPLICIT_ATOL`` / ``EXPLICIT_RTOL`` (fp32). Every forward pass inside the block is kept
+with its view (``rec.forwards``): multi-scale, flipped and sliding-window inference each add one.
+``capture`` keeps q and k instead of probabilities, to answer single query rows later.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from workbench.models.explain import AttentionMap, AttentionSite
+from workbench.models.explain import (
+    AttentionMap,
+    AttentionSite,
+    CachedAttention,
+    Forward,
+    Probe,
+    cache_probe,
+    current_view,
+    record_probe,
+)
 
 
 @dataclass
 class Recording:
-    attention: dict[str, AttentionMap] = field(default_factory=dict)
+    """Every forward pass seen inside ``record``, in order, each with its view and its maps."""
+
+    forwards: list[Forward] = field(default_factory=list)
+
+    @property
+    def attention(self) -> dict[str, AttentionMap]:
+        """The maps of the first forward pass (for ``predict_probs``: the first scale, not flipped)."""
+        return self.forwards[0].attention if self.forwards else {}
 
 
-def _select(sites: dict[str, AttentionSite], layers: Sequence[int | str] | None) -> dict[str, AttentionSite]:
+def select_sites(model: nn.Module, layers: Sequence[int | str] | None) -> dict[str, AttentionSite]:
+    """The sites of ``model.attention_sites()`` named by ``layers`` (indices or names; None: all)."""
+    if not hasattr(model, "attention_sites"):
+        raise ValueError(f"{type(model).__name__} exposes no attention_sites(); it cannot be recorded")
+    sites = model.attention_sites()
     if layers is None:
         return dict(sites)
     names = list(sites)
+    if isinstance(layers, (str, int)) or len(layers) == 0:
+        raise ValueError(
+            f"layers must be a non-empty list of indices in [0, {len(names)}) or site names, or None for "
+            f"all; got {layers!r}"
+        )
     chosen = {}
     for layer in layers:
-        if isinstance(layer, int) and -len(names) <= layer < len(names):
+        if isinstance(layer, int) and not isinstance(layer, bool) and -len(names) <= layer < len(names):
             name = names[layer]
         elif isinstance(layer, str) and layer in sites:
             name = layer
@@ -44,35 +71,74 @@ def _select(sites: dict[str, AttentionSite], layers: Sequence[int | str] | None)
 
 
 @contextmanager
+def _probing(
+    model: nn.Module,
+    sites: dict[str, AttentionSite],
+    make_probe: Callable[[str, AttentionSite, Callable[[], tuple[int, int]]], Probe],
+    on_forward: Callable[[nn.Module, tuple], None],
+) -> Iterator[None]:
+    """Set a probe on every site and a pre-hook on ``model``; undo both on exit."""
+    image_size: list[int] = [0, 0]
+
+    def before_forward(module: nn.Module, args: tuple) -> None:
+        image_size[:] = args[0].shape[-2:]
+        on_forward(module, args)
+
+    handle = model.register_forward_pre_hook(before_forward)
+    try:
+        for name, site in sites.items():
+            site.module.set_probe(site.slot, make_probe(name, site, lambda: tuple(image_size)))
+        yield
+    finally:
+        handle.remove()
+        for site in sites.values():
+            site.module.set_probe(site.slot, None)
+
+
+@contextmanager
 def record(
     model: nn.Module, layers: Sequence[int | str] | None = None, keep_grad: bool = False
 ) -> Iterator[Recording]:
     """Record the attention of ``layers`` (indices or names of ``model.attention_sites()``; None: all).
 
-    ``keep_grad=True`` keeps the maps in the autograd graph (for gradient-weighted attention).
+    ``keep_grad=True`` keeps the maps in the autograd graph: after ``backward``, ``map.grad`` is
+    d(back-propagated value)/d(attention) (gradient-weighted attention, Chefer et al. 2021).
     """
-    if not hasattr(model, "attention_sites"):
-        raise ValueError(f"{type(model).__name__} exposes no attention_sites(); it cannot be recorded")
-    sites = _select(model.attention_sites(), layers)
+    sites = select_sites(model, layers)
     recording = Recording()
-    image_size: list[int] = []
 
-    def remember_image_size(_module: nn.Module, args: tuple) -> None:
-        image_size[:] = args[0].shape[-2:]
+    def make_probe(name, site, image_size):
+        def keep(attention: AttentionMap) -> None:
+            recording.forwards[-1].attention[name] = attention
 
-    def recorder(name: str, site: AttentionSite):
-        def hook(module: nn.Module, args: tuple) -> None:
-            with torch.set_grad_enabled(keep_grad and torch.is_grad_enabled()):
-                recording.attention[name] = site.compute(module, args, tuple(image_size))
+        return record_probe(site, image_size, keep, keep_grad and torch.is_grad_enabled())
 
-        return hook
+    def start_forward(_module, _args) -> None:
+        recording.forwards.append(Forward(current_view()))
 
-    handles = [model.register_forward_pre_hook(remember_image_size)]
-    try:
-        handles += [
-            site.module.register_forward_pre_hook(recorder(name, site)) for name, site in sites.items()
-        ]
+    with _probing(model, sites, make_probe, start_forward):
         yield recording
-    finally:
-        for handle in handles:
-            handle.remove()
+
+
+@contextmanager
+def capture(
+    model: nn.Module, layers: Sequence[int | str] | None = None
+) -> Iterator[dict[str, CachedAttention]]:
+    """Keep q, k and the mask of ``layers`` during the *first* forward pass inside the block, without
+    materialising any attention: ``cached[name].query_map(row, col)`` then computes one query's row."""
+    sites = select_sites(model, layers)
+    cached: dict[str, CachedAttention] = {}
+    forwards = [0]
+
+    def make_probe(name, site, image_size):
+        def keep(attention: CachedAttention) -> None:
+            if forwards[0] == 1:
+                cached[name] = attention
+
+        return cache_probe(site, image_size, keep)
+
+    def count_forward(_module, _args) -> None:
+        forwards[0] += 1
+
+    with _probing(model, sites, make_probe, count_forward):
+        yield cached

@@ -1,0 +1,208 @@
+"""Predictor: inference on single images, and a session that answers explain queries about one image.
+
+    predictor = Predictor.from_checkpoint(run_folder)
+    prediction = predictor(photo)                    # labels (H, W), probabilities, colours
+    predictor.set_image(photo)                       # one forward on the canonical view; q, k kept
+    predictor.attention_at(120, 340, layer="blocks.11")  # (H, W): where that pixel looks
+    predictor.group_maps("blocks.1.grouping")        # (heads, G, H, W): GPViT's groups
+
+Shaped like segment-anything's predictor: ``set_image`` pays for the forward pass once, queries are
+cheap. Every image goes through the one image reader (``workbench.data.image.read_image``) and the
+evaluation's own preprocessing (``EvalTransform``: the recipe's test scale, the model's mean/std) and
+inference (``predict_probs``: whole / sliding window, scales, flips). The canonical view the queries
+read is the image at the test scale, whole, unflipped; image pixels map to it and back through
+``View`` and tokens through ``TokenGrid`` (``workbench.models.explain``), the one place for every family.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from workbench.config import IMAGENET_MEAN, IMAGENET_STD, EvalConfig
+from workbench.data.classes import Classes
+from workbench.data.image import ImageSource, read_image
+from workbench.data.transforms import EvalTransform
+from workbench.engine.evaluate import forward_padded, predict_probs
+from workbench.models.explain import CachedAttention, View, attention_logits
+from workbench.viz.overlay import colorize, overlay
+from workbench.viz.record import capture, select_sites
+
+
+@dataclass
+class Prediction:
+    """A segmentation of one image: ``labels`` (H, W), ``probs`` (K, H, W) and the classes' colours."""
+
+    labels: np.ndarray
+    probs: torch.Tensor
+    classes: Classes = field(repr=False)
+
+    def colorize(self) -> np.ndarray:
+        """(H, W, 3) uint8 colour map of the labels."""
+        return colorize(self.labels, self.classes.palette)
+
+    def overlay(self, image: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+        """The colour map blended over ``image`` (H, W, 3) uint8."""
+        return overlay(image, self.colorize(), alpha)
+
+
+def _device(device: torch.device | str | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(device)
+    except RuntimeError as error:
+        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}") from error
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"device {str(device)!r} was asked for but no CUDA GPU is available; use device='cpu'"
+        )
+    return device
+
+
+def _normalisation(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Mean and std on the 0-255 scale, from the model's ``pretrained_cfg`` (timm's 0-1 scale)."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    if "mean" in cfg and "std" in cfg:
+        return tuple(255 * m for m in cfg["mean"]), tuple(255 * s for s in cfg["std"])
+    return IMAGENET_MEAN, IMAGENET_STD
+
+
+class Predictor:
+    """Single-image inference and explain queries for notebooks, the CLI and the app.
+
+    Args:
+        model: a segmentor (``model(images)`` gives (B, K, H, W) logits) with ``num_classes``.
+        eval_cfg: whole / sliding-window inference, scales and flips (default: whole, one scale).
+        classes: names and palette; numbered classes when absent or of another count.
+        transform: the evaluation preprocessing (default: no resize, the model's mean/std).
+        device: "cpu", "cuda" (refused without a GPU), or None for the GPU when there is one.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        eval_cfg: EvalConfig | None = None,
+        classes: Classes | None = None,
+        transform: EvalTransform | None = None,
+        device: torch.device | str | None = None,
+    ) -> None:
+        if not isinstance(getattr(model, "num_classes", None), int):
+            raise ValueError(f"expected a segmentor with num_classes, got {type(model).__name__}")
+        self.device = _device(device)
+        self.model = model.to(self.device).eval()
+        self.eval_cfg = eval_cfg or EvalConfig()
+        self.num_classes = model.num_classes
+        if classes is None or len(classes) != self.num_classes:  # e.g. a converted release checkpoint
+            classes = Classes.numbered(self.num_classes)
+        self.classes = classes
+        self.transform = transform or EvalTransform(None, *_normalisation(model))
+        self._session: _Session | None = None
+
+    @classmethod
+    def from_checkpoint(
+        cls, path: str | Path, device: torch.device | str | None = None, ema: bool = False
+    ) -> Predictor:
+        """A Predictor for a run folder or checkpoint, with its recipe's test scale and inference."""
+        from workbench.build import build_model, classes_of, eval_transform
+        from workbench.interop import load_weights
+        from workbench.interop.checkpoint import checkpoint_config
+
+        cfg = checkpoint_config(path)
+        model = build_model(cfg)
+        load_weights(model, path, ema=ema)
+        return cls(model, cfg.eval, classes_of(cfg), eval_transform(cfg), device)
+
+    def preprocess(self, image: ImageSource) -> tuple[np.ndarray, torch.Tensor]:
+        """The image as read (H, W, 3) uint8, and the model's input (1, 3, h, w) at the test scale."""
+        array = read_image(image)  # refuses empty images
+        pixels = torch.from_numpy(array if array.flags.writeable else array.copy()).permute(2, 0, 1)
+        tensor, _ = self.transform(pixels, None)
+        return array, tensor[None].to(self.device)
+
+    @torch.no_grad()
+    def _predict(self, array: np.ndarray, tensor: torch.Tensor) -> Prediction:
+        probs = predict_probs(self.model, tensor, self.eval_cfg, self.num_classes)
+        probs = torch.nn.functional.interpolate(
+            probs, size=array.shape[:2], mode="bilinear", align_corners=False
+        )
+        return Prediction(probs[0].argmax(0).cpu().numpy(), probs[0].cpu(), self.classes)
+
+    def __call__(self, image: ImageSource) -> Prediction:
+        """Segment one image (a path, PIL image or array; any mode the image reader takes)."""
+        return self._predict(*self.preprocess(image))
+
+    # ------------------------------------------------------------------ the explain session
+
+    @torch.no_grad()
+    def set_image(self, image: ImageSource) -> Prediction:
+        """Run the model once on ``image``'s canonical view, keep what queries need, and return the
+        prediction (the recipe's full inference when it has more than the canonical view)."""
+        array, tensor = self.preprocess(image)
+        view = View(tuple(tensor.shape[-2:]))
+        with capture(self.model) as cached:
+            logits = forward_padded(self.model, tensor)
+        cfg = self.eval_cfg
+        if cfg.mode == "whole" and tuple(cfg.scales) == (1.0,) and not cfg.flip and not cfg.min_short_side:
+            probs = torch.nn.functional.interpolate(logits, size=array.shape[:2], mode="bilinear").softmax(1)
+            prediction = Prediction(probs[0].argmax(0).cpu().numpy(), probs[0].cpu(), self.classes)
+        else:
+            prediction = self._predict(array, tensor)
+        self._session = _Session(array, view, cached, prediction)
+        return prediction
+
+    @property
+    def session(self) -> _Session:
+        if self._session is None:
+            raise ValueError("no image is set: call predictor.set_image(image) first")
+        return self._session
+
+    def sites(self) -> list[str]:
+        """Names of the attention sites a query can name (``model.attention_sites()``)."""
+        return list(select_sites(self.model, None))
+
+    def _cached(self, layer: int | str) -> CachedAttention:
+        names = list(select_sites(self.model, [layer]))
+        return self.session.cached[names[0]]
+
+    def attention_at(self, y: int, x: int, layer: int | str, head: int | None = None) -> torch.Tensor:
+        """Where image pixel (y, x) looks in ``layer`` (index or site name): (H, W) on the image, for one
+        ``head`` or averaged over heads (None). Only the query's row is computed: O(heads * N)."""
+        session = self.session
+        cached = self._cached(layer)
+        height, width = session.image.shape[:2]
+        token = cached.tokens.token_at(*session.view.from_image(y, x, (height, width)))
+        on_grid = cached.layout.on_grid(cached.query_map(*token))  # (heads, rows, cols)
+        heads = on_grid.shape[0]
+        if head is not None and not -heads <= head < heads:
+            raise ValueError(f"head must be in [0, {heads}) for {layer!r}, got {head}")
+        on_grid = on_grid.mean(0) if head is None else on_grid[head]
+        on_input = cached.tokens.to_image(on_grid)
+        return session.view.to_image(on_input, (height, width), mode="nearest").cpu()
+
+    def group_maps(self, layer: int | str) -> torch.Tensor:
+        """GPViT grouping attention of ``layer``: (heads, G, H, W), each group token's distribution over
+        the image (each map sums to 1 over the token grid)."""
+        session = self.session
+        cached = self._cached(layer)
+        if cached.layout.kind != "grouping":
+            raise ValueError(
+                f"{layer!r} is {cached.layout.kind} attention; group maps come from a grouping site"
+            )
+        probs = attention_logits(cached.q[0], cached.k[0], None).softmax(-1)  # (heads, G, N)
+        maps = cached.tokens.to_image(probs.reshape(*probs.shape[:2], *cached.layout.grid))
+        return session.view.to_image(maps, session.image.shape[:2], mode="nearest").cpu()
+
+
+@dataclass
+class _Session:
+    """What ``set_image`` keeps: the image, its canonical view, the cached q/k and the prediction."""
+
+    image: np.ndarray
+    view: View
+    cached: dict[str, CachedAttention]
+    prediction: Prediction

@@ -1,0 +1,42 @@
+"""Format entries: each released checkpoint layout says how to recognise it and how to convert it.
+
+Every family module of ``workbench.interop`` contributes its entries beside its key maps;
+``load_pretrained`` walks them in detection order and never names a format itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+StateDict = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Format:
+    """A released checkpoint layout.
+
+    ``detect(keys)`` tells it from the source's key names alone; ``convert(state, model)`` returns the
+    tensors under ``model``'s key names plus notes on what it dropped, resampled or detected (raising
+    a ValueError when the model cannot take this layout). ``fresh`` is a key fragment of model tensors
+    this layout never holds: left as initialised and reported, never counted as missing.
+    ``export(model)`` writes a model's tensors in this layout (for the layouts the workbench's own
+    models were released in), so that a model round-trips through its official checkpoint layout.
+    """
+
+    name: str
+    detect: Callable[[set[str]], bool]
+    convert: Callable[[StateDict, nn.Module], tuple[StateDict, list[str]]]
+    fresh: str = ""
+    export: Callable[[nn.Module], StateDict] | None = None
+
+
+def part_of(model: nn.Module, cls: type[nn.Module], format_name: str, fits: str) -> nn.Module:
+    """``model`` or its backbone, whichever is a ``cls``; else a ValueError saying what ``fits``."""
+    for part in (model, getattr(model, "backbone", None)):
+        if isinstance(part, cls):
+            return part
+    raise ValueError(f"a {format_name} checkpoint loads into {fits}, not {type(model).__name__}")
