@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -213,10 +214,14 @@ def test_impossible_out_and_work_dir_are_one_line(tmp_path, checkpoint, capsys):
     assert blocker.read_text() == "not a folder"
 
 
-@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root writes in read-only folders")
-def test_a_read_only_out_folder_is_one_line(tmp_path, checkpoint, capsys):
+def test_a_read_only_out_folder_is_one_line(tmp_path, checkpoint, capsys, monkeypatch):
     photo, read_only = _photo(tmp_path / "x.png", 0), tmp_path / "read-only"
     read_only.mkdir(mode=0o555)
+
+    def refused(*_args, **_kwargs):  # root may write anywhere: the file system's refusal, simulated
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", refused)
     assert main(["predict", str(photo), "--checkpoint", str(checkpoint), "--out", str(read_only)]) == 2
     assert f"--out {read_only}: cannot write in {read_only}" in capsys.readouterr().err
 

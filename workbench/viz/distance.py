@@ -39,7 +39,9 @@ def token_centres(tokens: TokenGrid, device: torch.device | None = None) -> torc
     return (grid + 0.5) * tokens.stride
 
 
-def _weighted_distance(probs: torch.Tensor, distance: torch.Tensor, real_keys: torch.Tensor | None = None) -> torch.Tensor:
+def _weighted_distance(
+    probs: torch.Tensor, distance: torch.Tensor, real_keys: torch.Tensor | None = None
+) -> torch.Tensor:
     """(..., q, k) weights and (q, k) distances -> (..., q) expected distance over the real keys."""
     if real_keys is not None:
         probs = probs * real_keys
