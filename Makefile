@@ -9,7 +9,7 @@ export HF_HUB_DISABLE_TELEMETRY := 1
 export GRADIO_ANALYTICS_ENABLED := False
 export MPLBACKEND := Agg
 
-.PHONY: demo test lint format clean
+.PHONY: demo test docs lint format clean
 
 demo: $(VENV)/.installed
 	$(BIN)/workbench demo
@@ -18,6 +18,10 @@ test: $(VENV)/.installed-test
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest
+
+# The README's pictures and the group-purity figures (trains the demo models once if not cached).
+docs: $(VENV)/.installed
+	$(BIN)/python docs/make_figures.py
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check --fix .

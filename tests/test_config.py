@@ -27,6 +27,7 @@ from workbench.config import Config, DataConfig, list_presets, load_config, reso
         ("amp=fp8", "amp must be one of bf16, fp16, none, got 'fp8'"),
         ("data.flip=1.5", r"data.flip must be in \[0.0, 1.0\], got 1.5"),
         ("iters=many", "iters: expected int, got 'many'"),
+        ("optim.lr=fast", "optim.lr: expected a number, got 'fast'"),
         ("optim.lrr=0.1", "unknown key 'lrr' in optim; did you mean 'lr'"),
     ],
 )
@@ -34,6 +35,14 @@ def test_bad_overrides_are_one_line_naming_the_override_and_field(override, mess
     with pytest.raises(ValueError, match=f"^override '{override[:6]}.*: {message}") as error:
         load_config("tiny_setr", [override])
     assert "\n" not in str(error.value)
+
+
+def test_numbers_in_exponent_form_are_read_as_numbers(tmp_path):
+    """YAML 1.1 reads 5e-4 (no dot) as a string; a float field takes it as the number it is."""
+    assert load_config("tiny_setr", ["optim.lr=5e-4"]).optim.lr == 5e-4
+    path = tmp_path / "run.yaml"
+    path.write_text("model: {name: setr_naive_vit_base}\noptim: {lr: 1e-3}\n")
+    assert load_config(path).optim.lr == 1e-3
 
 
 def test_a_bad_value_in_the_file_names_the_file(tmp_path):

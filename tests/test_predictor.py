@@ -111,6 +111,18 @@ def test_set_image_answers_with_the_canonical_view_under_flip_and_scales():
     torch.testing.assert_close(tta.attention_at(5, 40, layer=2), plain.attention_at(5, 40, layer=2))
 
 
+def test_gp_sites_answer_a_click_through_their_groups():
+    model = tiny_gpvit_segmentor("upernet").eval()
+    predictor = Predictor(model, device="cpu")
+    predictor.set_image(_photo(40, 48))
+    through_groups = predictor.attention_at(13, 21, layer="blocks.1.ungrouping", head=2)
+    torch.testing.assert_close(through_groups, predictor.effective_attention_at(13, 21, "blocks.1", head=2))
+    torch.testing.assert_close(through_groups.sum() / 64, torch.tensor(1.0))  # a distribution over tokens
+    own_group = predictor.group_assignment("blocks.1")[13, 21]
+    soft = predictor.attention_at(13, 21, layer="blocks.1.grouping")
+    torch.testing.assert_close(soft, predictor.group_maps("blocks.1.grouping").mean(0)[own_group])
+
+
 def test_bad_queries_and_settings_are_refused():
     model = tiny_gpvit_segmentor("upernet").eval()
     predictor = Predictor(model, device="cpu")
@@ -123,8 +135,6 @@ def test_bad_queries_and_settings_are_refused():
         predictor.attention_at(32, 0, layer=0)
     with pytest.raises(ValueError, match=r"head must be in \[0, 6\)"):
         predictor.attention_at(0, 0, layer="blocks.0.vertical", head=6)
-    with pytest.raises(ValueError, match="no place on the grid"):
-        predictor.attention_at(0, 0, layer="blocks.1.ungrouping")
     with pytest.raises(ValueError, match="group maps come from a grouping site"):
         predictor.group_maps("blocks.0.vertical")
     with pytest.raises(ValueError, match=r"unknown layer 'blocks\.9'"):

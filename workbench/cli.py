@@ -9,6 +9,7 @@ Ctrl-C ends with status 130.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 from collections import Counter
@@ -314,6 +315,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(models_table(args.pattern))
         else:
             handlers[args.command](args)
+    except BrokenPipeError:  # the reader stopped early (`workbench models | head`): not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 0
     except KeyboardInterrupt as interrupt:
         print(
             f"workbench: {_one_line(interrupt) if str(interrupt).strip() else 'interrupted'}", file=sys.stderr

@@ -228,6 +228,13 @@ def _convert(value: Any, hint: Any, key: str) -> Any:
         return value
     if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, str):  # YAML 1.1 reads 5e-4 (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            raise ConfigError(key, f"{key}: expected a number, got {value!r}") from None
+    if hint is float:
+        raise ConfigError(key, f"{key}: expected a number, got {value!r}")
     if hint in (int, str, bool) and type(value) is not hint:
         raise ConfigError(key, f"{key}: expected {hint.__name__}, got {value!r}")
     return value

@@ -14,6 +14,7 @@ from workbench.config import EvalConfig
 from workbench.data.transforms import IGNORE_INDEX
 from workbench.engine.distributed import all_reduce_sum, is_main
 from workbench.models.explain import View, seen_as
+from workbench.models.layers import pad_for
 
 
 class ConfusionMatrix:
@@ -60,12 +61,8 @@ class ConfusionMatrix:
 
 def forward_padded(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     """Logits at the input size, padding (and cropping back) to the model's size divisor and minimum."""
-    divisor, minimum = getattr(model, "size_divisor", 1), getattr(model, "min_size", 1)
     height, width = images.shape[-2:]
-    target_h = max(-(-height // divisor) * divisor, minimum)
-    target_w = max(-(-width // divisor) * divisor, minimum)
-    padded = F.pad(images, (0, target_w - width, 0, target_h - height))
-    return model(padded)[..., :height, :width]
+    return model(pad_for(model, images))[..., :height, :width]
 
 
 def slide_logits(

@@ -167,22 +167,36 @@ class Predictor:
         """Names of the attention sites a query can name (``model.attention_sites()``)."""
         return list(select_sites(self.model, None))
 
-    def _cached(self, layer: int | str) -> CachedAttention:
-        names = list(select_sites(self.model, [layer]))
-        return self.session.cached[names[0]]
+    def _site(self, layer: int | str) -> tuple[str, CachedAttention]:
+        name = next(iter(select_sites(self.model, [layer])))
+        return name, self.session.cached[name]
+
+    @staticmethod
+    def _pick_head(maps: torch.Tensor, head: int | None, layer: int | str) -> torch.Tensor:
+        """(heads, ...) -> one head's map, or their mean for None."""
+        heads = maps.shape[0]
+        if head is not None and not -heads <= head < heads:
+            raise ValueError(f"head must be in [0, {heads}) for {layer!r}, got {head}")
+        return maps.mean(0) if head is None else maps[head]
 
     def attention_at(self, y: int, x: int, layer: int | str, head: int | None = None) -> torch.Tensor:
         """Where image pixel (y, x) looks in ``layer`` (index or site name): (H, W) on the image, for one
-        ``head`` or averaged over heads (None). Only the query's row is computed: O(heads * N)."""
+        ``head`` or averaged over heads (None). Only the query's row is computed: O(heads * N).
+
+        Every site kind answers: self, window, dilated and HLG's global attention (each window's weight
+        painted over its tokens) directly; GPViT's ungrouping through its block's groups
+        (``effective_attention_at``); GPViT's grouping with the soft map of the pixel's own group.
+        """
         session = self.session
-        cached = self._cached(layer)
+        name, cached = self._site(layer)
+        if cached.layout.kind == "ungrouping":
+            return self.effective_attention_at(y, x, name.removesuffix(".ungrouping"), head)
+        if cached.layout.kind == "grouping":
+            group = int(self.group_assignment(name.removesuffix(".grouping"))[y, x])
+            return self._pick_head(self.group_maps(name)[:, group], head, layer)
         height, width = session.image.shape[:2]
         token = cached.tokens.token_at(*session.view.from_image(y, x, (height, width)))
-        on_grid = cached.layout.on_grid(cached.query_map(*token))  # (heads, rows, cols)
-        heads = on_grid.shape[0]
-        if head is not None and not -heads <= head < heads:
-            raise ValueError(f"head must be in [0, {heads}) for {layer!r}, got {head}")
-        on_grid = on_grid.mean(0) if head is None else on_grid[head]
+        on_grid = self._pick_head(cached.layout.on_grid(cached.query_map(*token)), head, layer)
         on_input = cached.tokens.to_image(on_grid)
         return session.view.to_image(on_input, (height, width), mode="nearest").cpu()
 
@@ -190,7 +204,7 @@ class Predictor:
         """GPViT grouping attention of ``layer``: (heads, G, H, W), each group token's distribution over
         the image (each map sums to 1 over the token grid)."""
         session = self.session
-        cached = self._cached(layer)
+        _, cached = self._site(layer)
         if cached.layout.kind != "grouping":
             raise ValueError(
                 f"{layer!r} is {cached.layout.kind} attention; group maps come from a grouping site"

@@ -663,17 +663,28 @@ class HLGUPHead(nn.Module):
 
 
 class SETRHLG(Segmentor):
-    """SETR-HLG: an HLG backbone, the HLG-UP decoder and an FCN auxiliary head on stage 3."""
+    """SETR-HLG: an HLG backbone, the HLG-UP decoder and an FCN auxiliary head on stage 3.
+
+    ``head_channels`` is the HLG-UP width (512 as released; a multiple of 32: one head per 32 channels).
+    """
 
     def __init__(
-        self, *, backbone: HLG, num_classes: int, aux_heads: bool = True, aux_weight: float = 0.4
+        self,
+        *,
+        backbone: HLG,
+        num_classes: int,
+        aux_heads: bool = True,
+        aux_weight: float = 0.4,
+        head_channels: int = 512,
     ) -> None:
         if not isinstance(num_classes, int) or num_classes < 1:
             raise ValueError(f"num_classes must be an integer >= 1, got {num_classes!r}")
+        if head_channels < 32 or head_channels % 32:
+            raise ValueError(f"head_channels must be a positive multiple of 32, got {head_channels}")
         aux = [FCNHead(backbone.dims[2], num_classes, channels=256)] if aux_heads else []
         super().__init__(
             backbone=backbone,
-            decode_head=HLGUPHead(backbone.dims, num_classes),
+            decode_head=HLGUPHead(backbone.dims, num_classes, channels=head_channels),
             decode_in=(0, 1, 2, 3),
             aux_heads=aux,
             aux_in=[2] * len(aux),
@@ -708,7 +719,7 @@ def _classifier(variant: str, pretrained: bool, kwargs: dict[str, Any]) -> HLG:
 
 def _segmentor(variant: str, pretrained: bool, kwargs: dict[str, Any]) -> SETRHLG:
     kwargs = drop_timm_factory_kwargs(pretrained, kwargs)
-    head_args = pop_keys(kwargs, ("num_classes", "aux_weight", "aux_heads"))
+    head_args = pop_keys(kwargs, ("num_classes", "aux_weight", "aux_heads", "head_channels"))
     backbone = HLG(**variant_kwargs(_VARIANTS[variant], 1, kwargs), num_classes=0, global_pool="")
     return SETRHLG(backbone=backbone, **{"num_classes": 19, **head_args})
 

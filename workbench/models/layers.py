@@ -131,3 +131,14 @@ def check_img_size(img_size: int | tuple[int, int], multiple: int = 1) -> tuple[
             f"img_size must be a positive multiple of {multiple} (or two of them), got {img_size!r}"
         )
     return sides
+
+
+def pad_for(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """Images (B, C, H, W) zero-padded at the bottom and right to what ``model`` takes: sides that are
+    multiples of its ``size_divisor`` and at least its ``min_size``. Pixels keep their coordinates, so
+    outputs are cropped back with ``[..., :H, :W]``."""
+    divisor, minimum = getattr(model, "size_divisor", 1), getattr(model, "min_size", 1)
+    height, width = images.shape[-2:]
+    padded_h = max(-(-height // divisor) * divisor, minimum)
+    padded_w = max(-(-width // divisor) * divisor, minimum)
+    return F.pad(images, (0, padded_w - width, 0, padded_h - height))

@@ -1,4 +1,5 @@
-"""Seeing inside the models: attention recording (more to come: rollout, group maps, attributions)."""
+"""Seeing inside the models: recorded attention, a pixel's attention, GPViT's groups, rollout and
+relevance, attention distance, receptive fields, captum attributions, figures and explorers."""
 
 from workbench.models.explain import AttentionMap, CachedAttention, TokenGrid, View
 from workbench.viz.attribution import Attribution, attribute
@@ -6,6 +7,7 @@ from workbench.viz.distance import attention_distances, gp_attention_distance, m
 from workbench.viz.figures import (
     attention_distance_figure,
     attention_grid_figure,
+    click_figure,
     group_assignment_figure,
     heatmap_figure,
     mask_figure,
@@ -31,7 +33,20 @@ from workbench.viz.rollout import (
     segment_relevance,
 )
 
+EXPLORERS = ("AttentionExplorer", "AttributionExplorer", "GroupExplorer")
+
+
+def __getattr__(name: str):
+    # The notebook explorers load on first use: ipywidgets costs every ``import workbench.viz`` 0.3 s.
+    if name in EXPLORERS:
+        from workbench.viz import explorers
+
+        return getattr(explorers, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
+    *EXPLORERS,
     "AttentionMap",
     "Attribution",
     "CachedAttention",
@@ -46,6 +61,7 @@ __all__ = [
     "attribute",
     "capture",
     "class_token_rollout",
+    "click_figure",
     "effective_attention",
     "effective_attention_at",
     "effective_receptive_field",

@@ -97,6 +97,38 @@ def heatmap_figure(
     return figure
 
 
+def click_figure(
+    image: ArrayLike,
+    maps: Mapping[str, ArrayLike],
+    point: tuple[int, int],
+    *,
+    alpha: float = 0.6,
+    cmap: str = "inferno",
+    panel_size: float = 2.6,
+) -> Figure:
+    """Where one clicked pixel looks: the image with the click marked, then one panel per map
+    (``maps``: title -> (H, W), e.g. one per model family) over the image, each on its own scale."""
+    image = _rgb(image)
+    if not maps:
+        raise ValueError("maps is empty: expected at least one (H, W) map")
+    y, x = point
+    if not (0 <= y < image.shape[0] and 0 <= x < image.shape[1]):
+        raise ValueError(f"point {point} is outside the {image.shape[0]}x{image.shape[1]} image")
+    figure = Figure(figsize=(panel_size * (len(maps) + 1), panel_size), layout="constrained")
+    panels = figure.subplots(1, len(maps) + 1, squeeze=False)[0]
+    panels[0].imshow(image)
+    _bare(panels[0], "clicked pixel")
+    for axes, (title, heat) in zip(panels[1:], maps.items(), strict=True):
+        heat = _numpy(heat).astype(np.float64)
+        _check_size(image, heat, f"map {title!r}")
+        axes.imshow(image)
+        axes.imshow(heat, cmap=cmap, alpha=alpha)
+        _bare(axes, title)
+    for axes in panels:
+        axes.plot([x], [y], marker="+", color="cyan", markersize=12, markeredgewidth=2)
+    return figure
+
+
 def attention_grid_figure(
     maps: Mapping[str, ArrayLike],
     image: ArrayLike | None = None,

@@ -1,0 +1,99 @@
+"""The README's pictures and the group-purity figures, made by the library from the demo models.
+
+    make docs        # = python docs/make_figures.py
+
+Trains the demo models once if the cache lacks them (``workbench.demo.demo_checkpoint``), then writes
+``docs/attention_click.png`` (where one clicked pixel looks, in the three families) and
+``docs/gpvit_groups.png`` (the demo GPViT's group assignments over its four GP blocks), and prints the
+group purity of the trained demo GPViT against an untrained one on the demo validation set.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from workbench import Predictor
+from workbench.build import build_datasets, build_model, classes_of, eval_transform
+from workbench.data.image import read_image
+from workbench.demo import demo_checkpoint
+from workbench.interop.checkpoint import checkpoint_config
+from workbench.viz import click_figure, group_assignment_figure, group_purity, normalized_mutual_information
+
+DOCS = Path(__file__).parent
+
+
+def _click_point(labels: np.ndarray) -> tuple[int, int]:
+    """The pixel of the largest non-background object farthest inside it (its mask's centre row/col)."""
+    classes, counts = np.unique(labels[(labels != 0) & (labels != 255)], return_counts=True)
+    ys, xs = np.nonzero(labels == classes[counts.argmax()])
+    middle = np.argsort(ys * labels.shape[1] + xs)[len(ys) // 2]
+    return int(ys[middle]), int(xs[middle])
+
+
+def _purity(predictor: Predictor, val_set, blocks: list[str], count: int) -> dict[str, tuple[float, float]]:
+    """Mean group purity and NMI per GP block over the first ``count`` validation images."""
+    scores = {block: [] for block in blocks}
+    for index in range(min(count, len(val_set))):
+        image_path, _ = val_set.pairs[index]
+        labels = torch.as_tensor(val_set.load_labels(index))
+        predictor.set_image(read_image(image_path))
+        for block in blocks:
+            assignment = predictor.group_assignment(block)
+            scores[block].append(
+                (group_purity(assignment, labels), normalized_mutual_information(assignment, labels))
+            )
+    return {block: tuple(np.mean(values, axis=0)) for block, values in scores.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--image", type=int, default=3, help="index of the demo validation image shown")
+    parser.add_argument("--purity-images", type=int, default=96, help="validation images for the purity")
+    args = parser.parse_args()
+
+    checkpoints = {family: demo_checkpoint(f"demo_{family}") for family in ("setr", "gpvit", "hlg")}
+    gpvit_cfg = checkpoint_config(checkpoints["gpvit"])
+    _, val_set = build_datasets(gpvit_cfg)
+    image_path, _ = val_set.pairs[args.image]
+    image, labels = read_image(image_path), val_set.load_labels(args.image)
+    y, x = _click_point(labels)
+
+    # One clicked pixel in each family: the last self-attention layer of SETR, GPViT's last GP block
+    # read through its groups, HLG's last global (token-to-window) attention of stage 3.
+    maps = {}
+    for family, title, query in (
+        ("setr", "SETR (last layer)", lambda p: p.attention_at(y, x, layer=-1)),
+        ("gpvit", "GPViT (through its groups)", lambda p: p.effective_attention_at(y, x, block=-1)),
+        ("hlg", "HLG (stage 3, global)", lambda p: p.attention_at(y, x, layer="stages.2.1.global")),
+    ):
+        predictor = Predictor.from_checkpoint(checkpoints[family], device="cpu")
+        predictor.set_image(image)
+        maps[title] = query(predictor)
+    click_figure(image, maps, (y, x)).savefig(DOCS / "attention_click.png", dpi=110)
+
+    predictor = Predictor.from_checkpoint(checkpoints["gpvit"], device="cpu")
+    predictor.set_image(image)
+    blocks = [name.removesuffix(".grouping") for name in predictor.sites() if name.endswith(".grouping")]
+    assignments = [predictor.group_assignment(block) for block in blocks]
+    titles = [f"GP block {block.split('.')[1]}" for block in blocks]
+    group_assignment_figure(image, assignments, titles=titles).savefig(DOCS / "gpvit_groups.png", dpi=110)
+    print(f"wrote {DOCS / 'attention_click.png'} and {DOCS / 'gpvit_groups.png'} (click at {y}, {x})")
+
+    torch.manual_seed(0)
+    untrained = Predictor(
+        build_model(gpvit_cfg), gpvit_cfg.eval, classes_of(gpvit_cfg), eval_transform(gpvit_cfg), "cpu"
+    )
+    print(f"group purity / NMI on {min(args.purity_images, len(val_set))} demo validation images:")
+    trained_scores = _purity(predictor, val_set, blocks, args.purity_images)
+    untrained_scores = _purity(untrained, val_set, blocks, args.purity_images)
+    for block in blocks:
+        (purity, nmi), (purity0, nmi0) = trained_scores[block], untrained_scores[block]
+        print(f"  {block}: trained {purity:.3f} / {nmi:.3f}   untrained {purity0:.3f} / {nmi0:.3f}")
+
+
+if __name__ == "__main__":
+    main()
