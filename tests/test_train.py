@@ -52,10 +52,11 @@ def _majority_miou(val_set, num_classes: int) -> float:
 
 
 def test_it_learns_shapes_on_a_short_budget(tmp_path):
-    """120 steps of the demo GPViT (batch 4, 30 s): the loss falls and mIoU clearly beats the
-    majority-class baseline, i.e. the model segments shapes, not just the background."""
+    """150 steps of the demo GPViT (batch 4, ~40 s): the loss falls and mIoU clearly beats the
+    majority-class baseline, i.e. the model segments shapes, not just the background (measured:
+    19.0 against a baseline of 13.1)."""
     overrides = (
-        "iters=120",
+        "iters=150",
         "log_interval=1",
         "data.batch_size=4",
         "data.demo_train=160",
@@ -66,13 +67,13 @@ def test_it_learns_shapes_on_a_short_budget(tmp_path):
         "demo_gpvit.yaml",
         tmp_path,
         *overrides,
-        "optim.lr=0.002",
+        "optim.lr=0.001",
         "schedule.warmup_iters=10",
         "checkpoint_interval=1000",
     )
     result = train(cfg, progress=False)
     losses = _losses(tmp_path)
-    first, last = np.mean([losses[s] for s in range(1, 11)]), np.mean([losses[s] for s in range(111, 121)])
+    first, last = np.mean([losses[s] for s in range(1, 11)]), np.mean([losses[s] for s in range(141, 151)])
     assert last < 0.7 * first, f"loss {first:.3f} -> {last:.3f}"
     _, val_set = build_datasets(cfg)
     chance = _majority_miou(val_set, 6)
