@@ -9,7 +9,7 @@ export HF_HUB_DISABLE_TELEMETRY := 1
 export GRADIO_ANALYTICS_ENABLED := False
 export MPLBACKEND := Agg
 
-.PHONY: demo test docs lint format clean
+.PHONY: demo test docs bench lint format clean
 
 demo: $(VENV)/.installed
 	$(BIN)/workbench demo
@@ -22,6 +22,11 @@ test: $(VENV)/.installed-test
 # The README's pictures and the group-purity figures (trains the demo models once if not cached).
 docs: $(VENV)/.installed
 	$(BIN)/python docs/make_figures.py
+
+# docs/benchmarks.md (+ .csv, plots) on this machine's CPU: 2 threads, a 10 s budget per call.
+bench: $(VENV)/.installed
+	$(BIN)/workbench bench --out docs/ --sizes 256 512 1024 --precisions fp32 bf16 --threads 2 \
+		--repeats 1 --time-budget-s 10
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check --fix .

@@ -24,7 +24,7 @@ from workbench.config import Config, DataConfig, list_presets, load_config, reso
         ("eval.mode=sliding", "eval.mode must be one of whole, slide, got 'sliding'"),
         ("eval.scales=[]", r"eval.scales must be a non-empty list, each greater than 0, got \(\)"),
         ("data.ratio_range=[2, 1]", r"data.ratio_range must be \[low, high\], low <= high"),
-        ("amp=fp8", "amp must be one of bf16, fp16, none, got 'fp8'"),
+        ("amp=fp8", "amp must be one of auto, fp32, bf16, fp16, none, got 'fp8'"),
         ("data.flip=1.5", r"data.flip must be in \[0.0, 1.0\], got 1.5"),
         ("iters=many", "iters: expected int, got 'many'"),
         ("optim.lr=fast", "optim.lr: expected a number, got 'fast'"),

@@ -168,6 +168,37 @@ def _demo(args: argparse.Namespace) -> None:
     print(metrics_table(demo_metrics(checkpoint)))
 
 
+def _bench(args: argparse.Namespace) -> None:
+    import torch
+
+    from workbench.engine import bench
+
+    out = Path(args.out)
+    _check_writable(out, "--out")
+    device = args.device if args.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu"
+    threads = torch.get_num_threads()
+    if args.threads:  # for this command only: a caller's later work keeps its own thread count
+        torch.set_num_threads(args.threads)
+    try:
+        result = bench.run_bench(
+            models=args.models or tuple(bench.BENCH_MODELS),
+            sizes=args.sizes or (bench.QUICK_SIZES if args.quick else bench.FULL_SIZES),
+            modes=args.modes,
+            precisions=args.precisions,
+            compiled=(False, True) if args.compile else (False,),
+            batch=args.batch,
+            repeats=args.repeats if args.repeats else 1 if args.quick else 3,
+            device=device,
+            memory_budget_mb=args.memory_budget_mb,
+            time_budget_s=args.time_budget_s,
+            quick=args.quick,
+        )
+    finally:
+        torch.set_num_threads(threads)
+    for path in bench.save(result, out):
+        print(f"wrote {path}")
+
+
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """Examples keep their lines; every argument with a default worth saying shows it."""
 
@@ -291,7 +322,59 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     )
     demo.add_argument("--config", default="demo_gpvit", help=_CONFIG_HELP)
     demo.add_argument("--retrain", action="store_true", help="train again even if the cache holds the model")
+
+    bench = command(
+        "bench",
+        "Latency, throughput and peak memory of inference and a training step against resolution, "
+        "with the fitted exponent of time against tokens: CSV, Markdown and plots.",
+        "workbench bench --sizes 256 512 1024 --precisions fp32 bf16 --out docs/",
+    )
+    bench.add_argument("--out", default="bench", help="output folder: benchmarks.{csv,md} and PNG plots")
+    bench.add_argument(
+        "--quick", action="store_true", help="tiny builds of the models at 32² and 64² (seconds; for tests)"
+    )
+    bench.add_argument(
+        "--models", nargs="+", metavar="MODEL", help="a subset of: " + ", ".join(_bench_models())
+    )
+    bench.add_argument(
+        "--sizes", nargs="+", type=int, metavar="PIXELS", help="resolutions (default 256 512 1024 2048)"
+    )
+    bench.add_argument(
+        "--modes",
+        nargs="+",
+        default=["inference", "train"],
+        choices=["inference", "train"],
+        help="what to time",
+    )
+    bench.add_argument(
+        "--precisions",
+        nargs="+",
+        default=["fp32"],
+        choices=["fp32", "bf16"],
+        help="bf16: under torch.autocast",
+    )
+    bench.add_argument("--compile", action="store_true", help="also time torch.compile'd models")
+    bench.add_argument(
+        "--batch", type=int, default=1, help="images per call (a training step takes at least 2)"
+    )
+    bench.add_argument("--repeats", type=int, default=0, help="timed calls per case; 0: 3, or 1 with --quick")
+    bench.add_argument(
+        "--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: cuda if available"
+    )
+    bench.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0: torch's default")
+    bench.add_argument(
+        "--memory-budget-mb",
+        type=float,
+        help="skip sizes predicted to need more (default: the GPU's memory, or the RAM available)",
+    )
+    bench.add_argument("--time-budget-s", type=float, help="skip sizes predicted to take longer per call")
     return parser, dict(commands.choices)
+
+
+def _bench_models() -> list[str]:
+    from workbench.engine.bench import BENCH_MODELS
+
+    return list(BENCH_MODELS)
 
 
 def _one_line(error: BaseException) -> str:
@@ -309,7 +392,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         extras = [item for item in extras if item not in args.overrides]
     if extras:
         commands[args.command].error(f"unrecognized arguments: {' '.join(extras)}")
-    handlers = {"train": _train, "eval": _eval, "predict": _predict, "convert": _convert, "demo": _demo}
+    handlers = {
+        "train": _train,
+        "eval": _eval,
+        "predict": _predict,
+        "convert": _convert,
+        "demo": _demo,
+        "bench": _bench,
+    }
     try:
         if args.command == "models":
             print(models_table(args.pattern))

@@ -170,7 +170,9 @@ class Config:
     iters: int = checked(1000, at_least(1))
     grad_accum: int = checked(1, at_least(1))
     clip_grad: float = checked(0.0, at_least(0.0))  # max gradient norm; 0 disables clipping
-    amp: str = checked("bf16", one_of("bf16", "fp16", "none"))  # autocast is used on CUDA only
+    amp: str = checked(
+        "auto", one_of("auto", "fp32", "bf16", "fp16", "none")
+    )  # training and evaluation precision (engine.precision; "none" = fp32); auto: bf16 where native
     ema: float = checked(0.0, between(0.0, 1.0, high_included=False))  # EMA decay; 0 disables it
     seed: int = 0
     log_interval: int = checked(10, at_least(1))  # a CSV / TensorBoard row every N steps, averaged over them

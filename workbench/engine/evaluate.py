@@ -13,6 +13,7 @@ from tqdm import tqdm
 from workbench.config import EvalConfig
 from workbench.data.transforms import IGNORE_INDEX
 from workbench.engine.distributed import all_reduce_sum, is_main
+from workbench.engine.precision import autocast, resolve_precision
 from workbench.models.explain import View, seen_as
 from workbench.models.layers import pad_for
 
@@ -122,7 +123,7 @@ def predict_probs(model: nn.Module, images: torch.Tensor, cfg: EvalConfig, num_c
                     logits = forward_padded(model, seen)
             else:
                 raise ValueError(f"eval.mode must be 'whole' or 'slide', got {cfg.mode!r}")
-            logits = logits.flip(-1) if flip else logits
+            logits = (logits.flip(-1) if flip else logits).float()  # averaged and softmaxed in fp32
             total += F.interpolate(
                 logits, size=(height, width), mode="bilinear", align_corners=False
             ).softmax(1)
@@ -140,15 +141,19 @@ def evaluate(
     rank: int = 0,
     world: int = 1,
     progress: bool = True,
+    precision: str = "fp32",
 ) -> dict:
-    """Metrics of ``model`` on ``dataset`` (items: normalised image, labels); shards across processes."""
+    """Metrics of ``model`` on ``dataset`` (items: normalised image, labels); shards across processes.
+    ``precision``: "auto" | "fp32" | "bf16" | "fp16" (``workbench.engine.precision``)."""
+    chosen = resolve_precision(precision, device)
     was_training = model.training
     model.eval()
     matrix = ConfusionMatrix(num_classes, device)
     indices = range(rank, len(dataset), world)
     for index in tqdm(indices, desc="eval", disable=not (progress and is_main()), leave=False):
         image, labels = dataset[index]
-        probs = predict_probs(model, image[None].to(device), cfg, num_classes)
+        with autocast(chosen, device):
+            probs = predict_probs(model, image[None].to(device), cfg, num_classes)
         if probs.shape[-2:] != labels.shape:
             probs = F.interpolate(probs, size=labels.shape, mode="bilinear", align_corners=False)
         matrix.update(probs[0].argmax(0), labels.to(device))

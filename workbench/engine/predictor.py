@@ -28,6 +28,7 @@ from workbench.data.classes import Classes
 from workbench.data.image import ImageSource, read_image
 from workbench.data.transforms import EvalTransform
 from workbench.engine.evaluate import forward_padded, predict_probs
+from workbench.engine.precision import autocast, resolve_precision
 from workbench.models.explain import CachedAttention, View
 from workbench.viz import groups as gp_groups
 from workbench.viz.overlay import colorize, overlay
@@ -83,6 +84,9 @@ class Predictor:
         classes: names and palette; numbered classes when absent or of another count.
         transform: the evaluation preprocessing (default: no resize, the model's mean/std).
         device: "cpu", "cuda" (refused without a GPU), or None for the GPU when there is one.
+        precision: "fp32" (the default), "bf16", "fp16" or "auto" (``workbench.engine.precision``;
+            ``self.precision.reason`` says what auto chose). Probabilities and explain queries are
+            computed in fp32 whatever the forward ran in.
     """
 
     def __init__(
@@ -92,10 +96,12 @@ class Predictor:
         classes: Classes | None = None,
         transform: EvalTransform | None = None,
         device: torch.device | str | None = None,
+        precision: str = "fp32",
     ) -> None:
         if not isinstance(getattr(model, "num_classes", None), int):
             raise ValueError(f"expected a segmentor with num_classes, got {type(model).__name__}")
         self.device = _device(device)
+        self.precision = resolve_precision(precision, self.device)
         self.model = model.to(self.device).eval()
         self.eval_cfg = eval_cfg or EvalConfig()
         self.num_classes = model.num_classes
@@ -107,7 +113,11 @@ class Predictor:
 
     @classmethod
     def from_checkpoint(
-        cls, path: str | Path, device: torch.device | str | None = None, ema: bool = False
+        cls,
+        path: str | Path,
+        device: torch.device | str | None = None,
+        ema: bool = False,
+        precision: str = "fp32",
     ) -> Predictor:
         """A Predictor for a run folder or checkpoint, with its recipe's test scale and inference."""
         from workbench.build import build_model, classes_of, eval_transform
@@ -117,7 +127,7 @@ class Predictor:
         cfg = checkpoint_config(path)
         model = build_model(cfg)
         load_weights(model, path, ema=ema)
-        return cls(model, cfg.eval, classes_of(cfg), eval_transform(cfg), device)
+        return cls(model, cfg.eval, classes_of(cfg), eval_transform(cfg), device, precision)
 
     def preprocess(self, image: ImageSource) -> tuple[np.ndarray, torch.Tensor]:
         """The image as read (H, W, 3) uint8, and the model's input (1, 3, h, w) at the test scale."""
@@ -128,7 +138,8 @@ class Predictor:
 
     @torch.no_grad()
     def _predict(self, array: np.ndarray, tensor: torch.Tensor) -> Prediction:
-        probs = predict_probs(self.model, tensor, self.eval_cfg, self.num_classes)
+        with autocast(self.precision, self.device):
+            probs = predict_probs(self.model, tensor, self.eval_cfg, self.num_classes)
         probs = torch.nn.functional.interpolate(
             probs, size=array.shape[:2], mode="bilinear", align_corners=False
         )
@@ -146,8 +157,8 @@ class Predictor:
         prediction (the recipe's full inference when it has more than the canonical view)."""
         array, tensor = self.preprocess(image)
         view = View(tuple(tensor.shape[-2:]))
-        with capture(self.model) as cached:
-            logits = forward_padded(self.model, tensor)
+        with capture(self.model) as cached, autocast(self.precision, self.device):
+            logits = forward_padded(self.model, tensor).float()
         cfg = self.eval_cfg
         if cfg.mode == "whole" and tuple(cfg.scales) == (1.0,) and not cfg.flip and not cfg.min_short_side:
             probs = torch.nn.functional.interpolate(logits, size=array.shape[:2], mode="bilinear").softmax(1)

@@ -16,6 +16,7 @@ from workbench.config import Config
 from workbench.data import SegmentationDataset
 from workbench.engine.classification import evaluate_classifier
 from workbench.engine.evaluate import evaluate
+from workbench.engine.precision import run_precision
 
 
 class Task(Protocol):
@@ -61,7 +62,8 @@ class Segmentation:
         progress: bool = True,
     ) -> dict[str, Any]:
         """mIoU, aAcc, mAcc and per-class IoU / Acc (percent)."""
-        return evaluate(model, val_set, cfg.eval, model.num_classes, device, rank, world, progress)
+        precision = run_precision(cfg.amp, device).name
+        return evaluate(model, val_set, cfg.eval, model.num_classes, device, rank, world, progress, precision)
 
 
 class Classification:

@@ -37,6 +37,7 @@ from workbench.build import build_datasets, build_model
 from workbench.config import Config, load_config, save_config
 from workbench.engine import distributed
 from workbench.engine.optim import build_optimizer, learning_rate, set_learning_rate
+from workbench.engine.precision import autocast, run_precision
 from workbench.engine.tasks import task_of
 from workbench.interop import load_weights
 from workbench.interop.checkpoint import (
@@ -286,9 +287,10 @@ def _train(
             loss_module, device_ids=[device] if device.type == "cuda" else None
         )
     optimizer = build_optimizer(model, cfg.optim)
-    use_amp = device.type == "cuda" and cfg.amp != "none"
-    amp_dtype = torch.bfloat16 if cfg.amp == "bf16" else torch.float16
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and cfg.amp == "fp16")
+    precision = run_precision(cfg.amp, device)
+    if main and progress:
+        print(f"precision {precision.name} ({precision.reason})")
+    scaler = torch.amp.GradScaler(device.type, enabled=precision.name == "fp16")  # bf16 needs no scaling
     ema = None
     if cfg.ema:
         from timm.utils import ModelEmaV3
@@ -322,7 +324,7 @@ def _train(
     bar = tqdm(
         total=cfg.iters, initial=start, desc="train", disable=not (progress and main), dynamic_ncols=True
     )
-    result: dict[str, Any] = {"step": start, "best": best}
+    result: dict[str, Any] = {"step": start, "best": best, "precision": precision.name}
 
     def notify(event: str, info: dict[str, Any]) -> None:
         for callback in callbacks:
@@ -366,7 +368,7 @@ def _train(
                 # grad_accum all-reduces for the same result.
                 last = micro == cfg.grad_accum - 1
                 sync = contextlib.nullcontext() if last or world == 1 else loss_module.no_sync()
-                with sync, torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+                with sync, autocast(precision, device):
                     losses = loss_module(images, targets)
                     loss = losses["loss"] / cfg.grad_accum
                 if not torch.isfinite(loss):

@@ -283,6 +283,13 @@ def attention_logits(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None
     return logits + mask
 
 
+def attention_probs(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """softmax of ``attention_logits``, computed in fp32 whatever q, k and autocast hold: in bf16 the
+    small weights round away and rows stop summing to one. (..., N_q, N_k) float32."""
+    with torch.autocast(q.device.type, enabled=False):
+        return attention_logits(q.float(), k.float(), mask).softmax(-1)
+
+
 # probe(q, k, mask, layout) -> the probabilities to use, or None to keep the fast path
 Probe = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None", Layout], "torch.Tensor | None"]
 
@@ -303,7 +310,7 @@ def attend(
     if probe is not None:
         probs = probe(q, k, mask, layout())
         if probs is not None:
-            return probs @ v
+            return probs.to(v.dtype) @ v
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
@@ -412,7 +419,7 @@ class CachedAttention:
         if self.mask is not None:
             mask = self.mask[index if self.mask.shape[0] > 1 else 0]
             mask = mask[:, position : position + 1] if mask.shape[-2] > 1 else mask
-        probs = attention_logits(query, self.k[index], mask).softmax(-1)[:, 0]
+        probs = attention_probs(query, self.k[index], mask)[:, 0]
         return self.layout.place(probs, window)
 
 
@@ -425,7 +432,7 @@ def record_probe(
     """A probe that computes the probabilities explicitly, keeps them, and returns them for use."""
 
     def probe(q, k, mask, layout):
-        probs = attention_logits(q, k, mask).softmax(-1)
+        probs = attention_probs(q, k, mask)
         batched = layout.batched(probs)
         if keep_grad and batched.requires_grad:
             batched.retain_grad()

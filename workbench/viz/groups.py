@@ -23,7 +23,7 @@ from typing import TypeVar
 import torch
 from torch import nn
 
-from workbench.models.explain import AttentionMap, CachedAttention, attention_logits
+from workbench.models.explain import AttentionMap, CachedAttention, attention_probs
 from workbench.models.gpvit import GPBlock, GroupPropagation
 
 Site = AttentionMap | CachedAttention
@@ -43,7 +43,7 @@ def site_probs(site: Site, kind: str, sample: int | None = None) -> torch.Tensor
     if isinstance(site, AttentionMap):
         return site.probs[chosen]
     mask = site.mask if site.mask is None or site.mask.shape[0] == 1 else site.mask[chosen]
-    return attention_logits(site.q[chosen], site.k[chosen], mask).softmax(-1)
+    return attention_probs(site.q[chosen], site.k[chosen], mask)
 
 
 def gp_sites(sites: Mapping[str, S]) -> dict[str, tuple[S, S]]:

@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-from workbench.models.explain import AttentionMap, CachedAttention, attention_logits
+from workbench.models.explain import AttentionMap, CachedAttention, attention_probs
 from workbench.viz.record import record
 
 Site = AttentionMap | CachedAttention
@@ -56,7 +56,7 @@ def _rows(site: Site, sample: int, start: int, stop: int) -> torch.Tensor:
     if mask is not None:
         mask = mask[sample if mask.shape[0] > 1 else 0]
         mask = mask[:, start:stop] if mask.shape[-2] > 1 else mask
-    return attention_logits(site.q[sample, :, start:stop], site.k[sample], mask).softmax(-1)
+    return attention_probs(site.q[sample, :, start:stop], site.k[sample], mask)
 
 
 def _residual(probs: torch.Tensor, start: int, prefix: int, class_token: bool) -> torch.Tensor:

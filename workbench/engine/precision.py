@@ -1,0 +1,96 @@
+"""Precision and compile settings, in one place for training, evaluation and the Predictor.
+
+    choice = resolve_precision("auto", "cpu")      # Precision("bf16", "auto: the CPU has native bf16 ...")
+    with autocast(choice, device):                 # torch.autocast, or nothing for fp32
+        logits = model(images)
+    compiled, seconds = compile_model(model, images)  # torch.compile, its compile time measured
+
+``precision`` is "auto" | "fp32" | "bf16" | "fp16" (mixed precision by ``torch.autocast``: weights
+stay fp32; "none" is the old spelling of fp32 in run configs). "auto" picks bf16 on a CUDA GPU that
+supports it and on a CPU with native bf16 instructions (AVX512-BF16 or AMX), where bf16 matmuls run
+about twice as fast (GPViT-L1 at 512² on 2 cores: ~650 ms fp32, ~300 ms bf16); fp32 elsewhere, where
+bf16 is emulated and slower. ``Precision.reason`` says why. Training runs and their evaluations take
+their precision from the config's ``amp`` through ``run_precision``, which keeps CPU training fp32
+under "auto" (as before these settings, when autocast was used on CUDA only). Attention
+probabilities on the explicit (explain) path are computed in fp32 whatever the precision
+(``workbench.models.explain.attention_probs``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+ALIASES = {"none": "fp32"}  # run configs written before precision settings said amp: none
+
+
+@dataclass(frozen=True)
+class Precision:
+    """A resolved precision: ``name`` ("fp32", "bf16" or "fp16") and why it was chosen."""
+
+    name: str
+    reason: str
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return DTYPES[self.name]
+
+
+def cpu_has_native_bf16() -> bool:
+    """True where the CPU runs bf16 matmuls natively (oneDNN's check: AVX512-BF16 or AMX)."""
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def resolve_precision(precision: str, device: torch.device | str) -> Precision:
+    """The precision to run on ``device`` for ``precision`` ("auto" decided here), and why."""
+    precision = ALIASES.get(precision, precision)
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    device = torch.device(device)
+    if precision != "auto":
+        return Precision(precision, "asked for")
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return Precision("bf16", "auto: the CUDA GPU supports bf16")
+        return Precision("fp32", "auto: the CUDA GPU lacks bf16")
+    if device.type == "cpu" and cpu_has_native_bf16():
+        return Precision("bf16", "auto: the CPU has native bf16 (AVX512-BF16 or AMX), bf16 is faster")
+    return Precision("fp32", f"auto: no native bf16 on {device.type}, bf16 would be slower")
+
+
+def run_precision(precision: str, device: torch.device | str) -> Precision:
+    """The precision of a training run (and its evaluations) from its config's ``amp``: as
+    ``resolve_precision``, except that "auto" trains fp32 on a CPU (bf16 is faster there, but its
+    effect on the accuracy of trained models is not measured yet; ask for "bf16" to use it)."""
+    chosen = resolve_precision(precision, device)
+    on_cpu = torch.device(device).type == "cpu"
+    if ALIASES.get(precision, precision) == "auto" and on_cpu:
+        return Precision("fp32", "auto: training on a CPU stays fp32 (ask for bf16 to use it)")
+    if chosen.name == "fp16" and on_cpu:  # the GPU recipes' fp16 (with loss scaling) has no CPU fast path
+        return Precision("fp32", "fp16 is a CUDA setting: a CPU trains fp32 (ask for bf16 to use it)")
+    return chosen
+
+
+@contextlib.contextmanager
+def autocast(precision: Precision, device: torch.device | str) -> Iterator[None]:
+    """``torch.autocast`` to ``precision`` on ``device``'s type; nothing for fp32."""
+    device_type = torch.device(device).type
+    with torch.autocast(device_type, dtype=precision.dtype, enabled=precision.name != "fp32"):
+        yield
+
+
+def compile_model(model: nn.Module, example: torch.Tensor, **options) -> tuple[nn.Module, float]:
+    """``torch.compile(model, **options)`` and the seconds its first call (the compilation) took on
+    ``example`` (B, C, H, W), run without gradients. Other input shapes may recompile."""
+    compiled = torch.compile(model, **options)
+    tic = time.perf_counter()
+    with torch.no_grad():
+        compiled(example)
+    return compiled, time.perf_counter() - tic
