@@ -136,14 +136,18 @@ class Predictor:
         tensor, _ = self.transform(pixels, None)
         return array, tensor[None].to(self.device)
 
-    @torch.no_grad()
-    def _predict(self, array: np.ndarray, tensor: torch.Tensor) -> Prediction:
-        with autocast(self.precision, self.device):
-            probs = predict_probs(self.model, tensor, self.eval_cfg, self.num_classes)
+    def _on_image(self, array: np.ndarray, probs: torch.Tensor) -> Prediction:
+        """Probabilities (1, K, h, w) on the model input -> the prediction at the image's size."""
         probs = torch.nn.functional.interpolate(
             probs, size=array.shape[:2], mode="bilinear", align_corners=False
         )
         return Prediction(probs[0].argmax(0).cpu().numpy(), probs[0].cpu(), self.classes)
+
+    @torch.no_grad()
+    def _predict(self, array: np.ndarray, tensor: torch.Tensor) -> Prediction:
+        with autocast(self.precision, self.device):
+            probs = predict_probs(self.model, tensor, self.eval_cfg, self.num_classes)
+        return self._on_image(array, probs)
 
     def __call__(self, image: ImageSource) -> Prediction:
         """Segment one image (a path, PIL image or array; any mode the image reader takes)."""
@@ -161,8 +165,7 @@ class Predictor:
             logits = forward_padded(self.model, tensor).float()
         cfg = self.eval_cfg
         if cfg.mode == "whole" and tuple(cfg.scales) == (1.0,) and not cfg.flip and not cfg.min_short_side:
-            probs = torch.nn.functional.interpolate(logits, size=array.shape[:2], mode="bilinear").softmax(1)
-            prediction = Prediction(probs[0].argmax(0).cpu().numpy(), probs[0].cpu(), self.classes)
+            prediction = self._on_image(array, logits.softmax(1))  # what predict_probs would compute
         else:
             prediction = self._predict(array, tensor)
         self._session = _Session(array, view, cached, prediction)

@@ -36,9 +36,9 @@ def site_probs(site: Site, kind: str, sample: int | None = None) -> torch.Tensor
     (B = 1) with ``sample``."""
     if site.layout.kind != kind:
         raise ValueError(f"expected a {kind} site, got {site.layout.kind} attention")
-    q = site.probs if isinstance(site, AttentionMap) else site.q
-    if sample is not None and not 0 <= sample < q.shape[0]:
-        raise ValueError(f"sample must be in [0, {q.shape[0]}), got {sample}")
+    batch = (site.probs if isinstance(site, AttentionMap) else site.q).shape[0]
+    if sample is not None and not 0 <= sample < batch:
+        raise ValueError(f"sample must be in [0, {batch}), got {sample}")
     chosen = slice(None) if sample is None else slice(sample, sample + 1)
     if isinstance(site, AttentionMap):
         return site.probs[chosen]
