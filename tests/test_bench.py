@@ -30,9 +30,10 @@ def test_exponent_fit_recovers_a_power_law():
 def _synthetic(exponent: float, memory_per_token: float = 0.1):
     """A stand-in for ``measure``: latency tokens**exponent ms, memory linear in tokens."""
 
-    def measure(spec, size, mode, precision="fp32", compiled=False, batch=1, **_):
+    def measure(spec, size, mode, precision="fp32", compiled=False, batch=1, layout="contiguous", **_):
         tokens = (size // spec.stride) ** 2
         row = bench.BenchRow(spec.name, spec.family, mode, precision, compiled, size, tokens, batch, "ok")
+        row.layout = layout
         row.latency_ms = tokens**exponent
         row.throughput_img_s = batch / row.latency_ms * 1000
         row.peak_memory_mb = memory_per_token * tokens
@@ -69,7 +70,7 @@ def test_sizes_over_budget_are_skipped_and_reported(monkeypatch, tmp_path):
         and result.environment["batch"] == "1 (a training step: 2)"
     )
     # the fitted exponent uses the measured sizes only
-    assert "| vit_base_patch16_224 | inference | fp32 | no | 64², 128² | 1.50 |" in report
+    assert "| vit_base_patch16_224 | inference | fp32 | no | contiguous | 64², 128² | 1.50 |" in report
 
     timed = bench.run_bench(
         ["setr_hlg_small"], [64, 128, 256], ["train"], memory_budget_mb=1e9, time_budget_s=1.0
@@ -139,10 +140,30 @@ def test_quick_bench_writes_csv_markdown_and_plots(tmp_path, capsys):
 
     report = (tmp_path / "benchmarks.md").read_text()
     assert f"- **torch**: {torch.__version__}" in report
-    assert report.count("| setr_hlg_small | train | fp32 | no | 32², 64² |") == 1  # its exponent row
+    assert report.count("| setr_hlg_small | train | fp32 | no | contiguous | 32², 64² |") == 1  # exponent row
     assert "![benchmarks_train.png](benchmarks_train.png)" in report
     for mode in ("inference", "train"):
         assert (tmp_path / f"benchmarks_{mode}.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_layouts_are_a_dimension_of_the_grid_and_outputs_take_a_name(tmp_path):
+    argv = ["bench", "--quick", "--out", str(tmp_path), "--models", "gpvit_l1", "--modes", "inference"]
+    argv += ["--layouts", "contiguous", "channels_last", "--name", "fast", "--title", "Fast path"]
+    assert main(argv) == 0
+    lines = (tmp_path / "fast.csv").read_text().splitlines()
+    rows = list(csv.DictReader(line for line in lines if not line.startswith("# ")))
+    assert [(row["layout"], row["resolution"]) for row in rows] == [
+        ("contiguous", "32"),
+        ("contiguous", "64"),
+        ("channels_last", "32"),
+        ("channels_last", "64"),
+    ]
+    report = (tmp_path / "fast.md").read_text()
+    assert (
+        report.startswith("# Fast path\n")
+        and "| gpvit_l1 | inference | fp32 | no | channels_last | 32² |" in report
+    )
+    assert (tmp_path / "fast_inference.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_figures_are_matplotlib_figures_with_a_line_per_series(monkeypatch):

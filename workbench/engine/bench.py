@@ -2,15 +2,18 @@
 against resolution, for the workbench's families and two timm peers.
 
 Models (``BENCH_MODELS``): SETR-PUP ViT-L, GPViT-L1 UperNet and SETR-HLG-Small segmentors (150
-classes, ADE20K's), and the backbones of two timm peers: ``vit_base_patch16_224`` with
+classes, ADE20K's), the GPViT-L1 backbone alone (its scaling without a decoder at stride 4), and the
+backbones of two timm peers: ``vit_base_patch16_224`` with
 ``dynamic_img_size`` (global attention) and ``swin_tiny_patch4_window7_224`` built with ``img_size``
 at each resolution (windowed attention; timm 1.0 pads windows at sizes that are not multiples of
 224). ``quick=True`` builds their few-layer, narrow versions for the test suite.
 
 Measurement, per case (model, resolution, mode, precision, compiled): build the model, one warm-up
 call (its time, ``first_call_s``, holds the compile cost when compiled), then ``repeats`` timed calls;
-latency is their median. A training step (batch at least 2) is forward, loss, backward and an AdamW
-step. bf16 runs under ``torch.autocast``. Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` (reset per case);
+latency is their median. A training step (batch at least 2) is forward, loss, backward and a fused
+AdamW step (the engine's optimizer). Precision and layout are the engine's settings
+(``workbench.engine.precision``): bf16 runs under ``torch.autocast``; ``channels_last`` lays out the
+convolution weights channels-last, as the Predictor does for inference. Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` (reset per case);
 on the CPU the peak RSS *increase* during the case (model build included): the kernel's high-water
 mark (VmHWM) is reset to the current RSS through ``/proc/self/clear_refs`` before the case, so an
 earlier, larger case does not hide it, and glibc's ``malloc_trim`` first returns the memory that
@@ -47,6 +50,7 @@ import torch
 from matplotlib.figure import Figure
 from torch import nn
 
+from workbench.engine.precision import autocast, resolve_precision, use_channels_last
 from workbench.models import create_segmentor, model_info
 
 
@@ -67,6 +71,15 @@ def _segmentor(name: str, fixed_size: bool = False) -> Callable[[int, bool], nn.
         if fixed_size:  # SETR's position embedding is built for one size
             overrides["img_size"] = size
         return create_segmentor(name, num_classes=150, **overrides)
+
+    return build
+
+
+def _workbench_backbone(name: str) -> Callable[[int, bool], nn.Module]:
+    """A workbench classifier without head (its ``forward_features`` is timed)."""
+
+    def build(size: int, quick: bool) -> nn.Module:
+        return timm.create_model(name, num_classes=0, **(dict(model_info(name).tiny) if quick else {}))
 
     return build
 
@@ -92,6 +105,7 @@ BENCH_MODELS = {
         BenchModel("setr_pup_vit_large", "SETR", 16, _segmentor("setr_pup_vit_large", fixed_size=True), True),
         BenchModel("gpvit_l1_upernet", "GPViT", 8, _segmentor("gpvit_l1_upernet"), True),
         BenchModel("setr_hlg_small", "HLG", 4, _segmentor("setr_hlg_small"), True),
+        BenchModel("gpvit_l1", "GPViT (backbone)", 8, _workbench_backbone("gpvit_l1"), False),
         BenchModel(
             "vit_base_patch16_224",
             "timm ViT (global)",
@@ -110,6 +124,7 @@ BENCH_MODELS = {
 }
 MODES = ("inference", "train")
 PRECISIONS = ("fp32", "bf16")
+LAYOUTS = ("contiguous", "channels_last")
 FULL_SIZES = (256, 512, 1024, 2048)
 QUICK_SIZES = (32, 64)
 
@@ -132,9 +147,10 @@ class BenchRow:
     peak_memory_mb: float = math.nan
     first_call_s: float = math.nan
     note: str = ""
+    layout: str = "contiguous"
 
-    def series(self) -> tuple[str, str, str, bool]:
-        return self.model, self.mode, self.precision, self.compiled
+    def series(self) -> tuple[str, str, str, bool, str]:
+        return self.model, self.mode, self.precision, self.compiled, self.layout
 
 
 @dataclass
@@ -207,21 +223,21 @@ def _step(spec: BenchModel, model: nn.Module, mode: str, device: str, precision:
     """A function running one inference call or one training step on fixed random inputs."""
     images = torch.randn(batch, 3, size, size, device=device)
     targets = torch.randint(0, 150, (batch, size, size), device=device)
-    autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bf16")
+    chosen = resolve_precision(precision, device)
     if mode == "inference":
         model.eval()
         forward = model if spec.segmentor else model.forward_features
 
         def run() -> None:
-            with torch.inference_mode(), autocast:
+            with torch.inference_mode(), autocast(chosen, device):
                 forward(images)
 
         return run
     model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
 
     def run() -> None:
-        with autocast:
+        with autocast(chosen, device):
             loss = (
                 model.losses(images, targets)["loss"]
                 if spec.segmentor
@@ -253,6 +269,7 @@ def measure(
     repeats: int = 3,
     device: str = "cpu",
     quick: bool = False,
+    layout: str = "contiguous",
 ) -> BenchRow:
     """Measure one case (see the module docstring). A training step takes at least two images: the
     decode heads' BatchNorm after global pooling needs more than one value per channel."""
@@ -260,8 +277,10 @@ def measure(
     row = BenchRow(
         spec.name, spec.family, mode, precision, compiled, size, (size // spec.stride) ** 2, batch, "ok"
     )
+    row.layout = layout
     baseline = _reset_peak(device)
     model = spec.build(size, quick).to(device)
+    use_channels_last(model, layout == "channels_last")
     if compiled:
         model = torch.compile(model)
     run = _step(spec, model, mode, device, precision, size, batch)
@@ -297,6 +316,7 @@ def run_bench(
     modes: Sequence[str] = MODES,
     precisions: Sequence[str] = ("fp32",),
     compiled: Sequence[bool] = (False,),
+    layouts: Sequence[str] = ("contiguous",),
     batch: int = 1,
     repeats: int = 3,
     device: str = "cpu",
@@ -310,7 +330,11 @@ def run_bench(
     unknown = [name for name in models if name not in BENCH_MODELS]
     if unknown:
         raise ValueError(f"unknown bench model {unknown[0]!r}; choose from {', '.join(BENCH_MODELS)}")
-    for value, allowed, what in ((modes, MODES, "mode"), (precisions, PRECISIONS, "precision")):
+    for value, allowed, what in (
+        (modes, MODES, "mode"),
+        (precisions, PRECISIONS, "precision"),
+        (layouts, LAYOUTS, "layout"),
+    ):
         bad = [item for item in value if item not in allowed]
         if bad:
             raise ValueError(f"unknown {what} {bad[0]!r}; choose from {', '.join(allowed)}")
@@ -330,14 +354,23 @@ def run_bench(
         "modes": " ".join(modes),
         "precisions": " ".join(precisions),
         "compiled": " ".join("yes" if item else "no" for item in compiled),
+        "layouts": " ".join(layouts),
         "batch": f"{batch} (a training step: {_case_batch('train', batch)})",
         "repeats": str(repeats),
         "memory budget": f"{memory_budget_mb:.0f} MB",
     }
     if time_budget_s is not None:
         result.environment["time budget"] = f"{time_budget_s:g} s per call"
-    for name, mode, precision, compile_model in itertools.product(models, modes, precisions, compiled):
-        case = {"mode": mode, "precision": precision, "compiled": compile_model, "batch": batch}
+    for name, mode, precision, compile_model, layout in itertools.product(
+        models, modes, precisions, compiled, layouts
+    ):
+        case = {
+            "mode": mode,
+            "precision": precision,
+            "compiled": compile_model,
+            "batch": batch,
+            "layout": layout,
+        }
         for row in _series(
             BENCH_MODELS[name], sorted(sizes), case, repeats, device, quick, memory_budget_mb, time_budget_s
         ):
@@ -400,15 +433,18 @@ def _rss_mb_available() -> float:
 
 
 def _describe(row: BenchRow) -> str:
-    case = f"{row.model} {row.mode} {row.precision}{' compiled' if row.compiled else ''} {row.resolution}²"
+    flags = (" compiled" if row.compiled else "") + (
+        " channels_last" if row.layout == "channels_last" else ""
+    )
+    case = f"{row.model} {row.mode} {row.precision}{flags} {row.resolution}²"
     if row.status != "ok":
         return f"{case}: skipped: {row.note}"
     return f"{case}: {row.latency_ms:.1f} ms, {row.throughput_img_s:.2f} img/s, peak +{row.peak_memory_mb:.0f} MB"
 
 
-def exponents(result: BenchResult) -> list[tuple[tuple[str, str, str, bool], float, list[int]]]:
+def exponents(result: BenchResult) -> list[tuple[tuple[str, str, str, bool, str], float, list[int]]]:
     """Per series with two or more measured sizes: (series, exponent of time against tokens, sizes)."""
-    series: dict[tuple[str, str, str, bool], list[BenchRow]] = {}
+    series: dict[tuple[str, str, str, bool, str], list[BenchRow]] = {}
     for row in result.rows:
         if row.status == "ok":
             series.setdefault(row.series(), []).append(row)
@@ -443,9 +479,9 @@ def _cell(value: float, digits: str) -> str:
     return "—" if math.isnan(value) else format(value, digits)
 
 
-def markdown(result: BenchResult, figure_names: Sequence[str] = ()) -> str:
+def markdown(result: BenchResult, figure_names: Sequence[str] = (), title: str = "Benchmarks") -> str:
     """A Markdown report: environment, the results table, the fitted exponents, skips, figures."""
-    lines = ["# Benchmarks", "", "Regenerate with `make bench` (`workbench bench --out docs/`).", ""]
+    lines = [f"# {title}", "", "Regenerate with `make bench` (`workbench bench --out docs/`).", ""]
     lines += [f"- **{key}**: {value}" for key, value in result.environment.items()]
     lines += [
         "",
@@ -454,12 +490,12 @@ def markdown(result: BenchResult, figure_names: Sequence[str] = ()) -> str:
         "Peak memory: the increase during the case, model build included (CPU: peak RSS; CUDA: "
         "`max_memory_allocated`). `first call` holds the compile time of compiled cases.",
         "",
-        "| model | mode | precision | compiled | size | tokens | latency (ms) | throughput (img/s) | peak memory (MB) | first call (s) | note |",
-        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---|",
+        "| model | mode | precision | compiled | layout | size | tokens | latency (ms) | throughput (img/s) | peak memory (MB) | first call (s) | note |",
+        "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for row in result.rows:
         lines.append(
-            f"| {row.model} | {row.mode} | {row.precision} | {'yes' if row.compiled else 'no'} | {row.resolution}² | "
+            f"| {row.model} | {row.mode} | {row.precision} | {'yes' if row.compiled else 'no'} | {row.layout} | {row.resolution}² | "
             f"{row.tokens} | {_cell(row.latency_ms, '.1f')} | {_cell(row.throughput_img_s, '.3g')} | "
             f"{_cell(row.peak_memory_mb, '.0f')} | {_cell(row.first_call_s, '.2f')} | "
             f"{'skipped: ' + row.note if row.status != 'ok' else ''} |"
@@ -471,11 +507,14 @@ def markdown(result: BenchResult, figure_names: Sequence[str] = ()) -> str:
         "Least squares on log-log over the measured sizes.",
         "",
     ]
-    lines += ["| model | mode | precision | compiled | sizes | exponent |", "|---|---|---|---|---|---:|"]
-    for (model, mode, precision, compiled), exponent, sizes in exponents(result):
+    lines += [
+        "| model | mode | precision | compiled | layout | sizes | exponent |",
+        "|---|---|---|---|---|---|---:|",
+    ]
+    for (model, mode, precision, compiled, layout), exponent, sizes in exponents(result):
         sizes_text = ", ".join(f"{size}²" for size in sizes)
         lines.append(
-            f"| {model} | {mode} | {precision} | {'yes' if compiled else 'no'} | {sizes_text} | {exponent:.2f} |"
+            f"| {model} | {mode} | {precision} | {'yes' if compiled else 'no'} | {layout} | {sizes_text} | {exponent:.2f} |"
         )
     lines += ["", "## Not run", ""]
     if result.environment.get("compiled") == "no":
@@ -489,18 +528,19 @@ def markdown(result: BenchResult, figure_names: Sequence[str] = ()) -> str:
     return "\n".join(lines) + "\n"
 
 
-def figures(result: BenchResult) -> dict[str, Figure]:
+def figures(result: BenchResult, name: str = "benchmarks") -> dict[str, Figure]:
     """Per mode, a figure of latency against tokens (log-log) and peak memory against resolution."""
     plots = {}
     for mode in dict.fromkeys(row.mode for row in result.rows):
         figure = Figure(figsize=(11, 4.5), layout="constrained")
         time_axes, memory_axes = figure.subplots(1, 2)
-        series: dict[tuple[str, str, str, bool], list[BenchRow]] = {}
+        series: dict[tuple[str, str, str, bool, str], list[BenchRow]] = {}
         for row in result.rows:
             if row.mode == mode and row.status == "ok":
                 series.setdefault(row.series(), []).append(row)
-        for (model, _, precision, compiled), rows in series.items():
+        for (model, _, precision, compiled, layout), rows in series.items():
             label = f"{model} {precision}{' compiled' if compiled else ''}"
+            label += " channels_last" if layout == "channels_last" else ""
             time_axes.plot([r.tokens for r in rows], [r.latency_ms for r in rows], "o-", label=label)
             memory_axes.plot(
                 [r.resolution for r in rows], [r.peak_memory_mb for r in rows], "o-", label=label
@@ -513,19 +553,19 @@ def figures(result: BenchResult) -> dict[str, Figure]:
         memory_axes.set_title(f"{mode}: peak memory")
         if series:
             memory_axes.legend(fontsize="small")
-        plots[f"benchmarks_{mode}.png"] = figure
+        plots[f"{name}_{mode}.png"] = figure
     return plots
 
 
-def save(result: BenchResult, out: Path) -> list[Path]:
-    """Write ``benchmarks.csv``, ``benchmarks.md`` and one PNG per mode into ``out``; return the paths."""
+def save(result: BenchResult, out: Path, name: str = "benchmarks", title: str = "Benchmarks") -> list[Path]:
+    """Write ``<name>.csv``, ``<name>.md`` and one PNG per mode into ``out``; return the paths."""
     out.mkdir(parents=True, exist_ok=True)
-    written = [out / "benchmarks.csv"]
+    written = [out / f"{name}.csv"]
     write_csv(result, written[0])
-    plots = figures(result)
-    for name, figure in plots.items():
-        figure.savefig(out / name, dpi=100)
-        written.append(out / name)
-    (out / "benchmarks.md").write_text(markdown(result, list(plots)))
-    written.append(out / "benchmarks.md")
+    plots = figures(result, name)
+    for file_name, figure in plots.items():
+        figure.savefig(out / file_name, dpi=100)
+        written.append(out / file_name)
+    (out / f"{name}.md").write_text(markdown(result, list(plots), title))
+    written.append(out / f"{name}.md")
     return written

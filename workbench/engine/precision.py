@@ -4,6 +4,7 @@
     with autocast(choice, device):                 # torch.autocast, or nothing for fp32
         logits = model(images)
     compiled, seconds = compile_model(model, images)  # torch.compile, its compile time measured
+    use_channels_last(model)                       # convolutions in channels-last (inference)
 
 ``precision`` is "auto" | "fp32" | "bf16" | "fp16" (mixed precision by ``torch.autocast``: weights
 stay fp32; "none" is the old spelling of fp32 in run configs). "auto" picks bf16 on a CUDA GPU that
@@ -14,6 +15,13 @@ their precision from the config's ``amp`` through ``run_precision``, which keeps
 under "auto" (as before these settings, when autocast was used on CUDA only). Attention
 probabilities on the explicit (explain) path are computed in fp32 whatever the precision
 (``workbench.models.explain.attention_probs``).
+
+Channels-last (``use_channels_last``) stores the 4-D convolution weights as (O, kh, kw, I), so the
+convolutions of the stems and heads run oneDNN's channels-last kernels, and every convolution output
+stays channels-last (a flatten to tokens then needs no copy). It is an inference setting (the
+Predictor's default): GPViT-L1 UperNet at 512² on 2 cores ran faster with it in fp32 and bf16 (the
+figures in ``docs/benchmarks.md``). Training keeps the default layout: a resumed optimizer state is
+stored contiguous, and fused optimizers expect each state tensor laid out as its parameter.
 """
 
 from __future__ import annotations
@@ -84,6 +92,14 @@ def autocast(precision: Precision, device: torch.device | str) -> Iterator[None]
     device_type = torch.device(device).type
     with torch.autocast(device_type, dtype=precision.dtype, enabled=precision.name != "fp32"):
         yield
+
+
+def use_channels_last(model: nn.Module, enabled: bool = True) -> bool:
+    """Lay out ``model``'s 4-D weights channels-last (in place) when ``enabled`` and the model has
+    convolutions; True when it did. ``enabled=False`` restores the default (contiguous) layout."""
+    has_conv = any(isinstance(module, nn.Conv2d | nn.ConvTranspose2d) for module in model.modules())
+    model.to(memory_format=torch.channels_last if enabled and has_conv else torch.contiguous_format)
+    return enabled and has_conv
 
 
 def compile_model(model: nn.Module, example: torch.Tensor, **options) -> tuple[nn.Module, float]:
