@@ -159,3 +159,48 @@ def evaluate(
         matrix.update(probs[0].argmax(0), labels.to(device))
     model.train(was_training)
     return matrix.reduce().metrics(getattr(dataset, "classes", None) and dataset.classes.names)
+
+
+@torch.no_grad()
+def precision_agreement(
+    model: nn.Module,
+    dataset,
+    cfg: EvalConfig,
+    num_classes: int,
+    precision: str = "bf16",
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+) -> dict:
+    """How far ``precision``'s predictions move from fp32's on ``dataset`` (items: normalised image,
+    labels): ``agreement``, the percentage of labelled pixels given the same class by both, and the
+    mIoU of each (``mIoU_fp32``, ``mIoU_<precision>``) with their difference ``delta_mIoU``."""
+    chosen = resolve_precision(precision, device)
+    reference = resolve_precision("fp32", device)
+    was_training = model.training
+    model.eval()
+    matrices = {name: ConfusionMatrix(num_classes, device) for name in ("fp32", chosen.name)}
+    same = counted = 0
+    for index in tqdm(range(len(dataset)), desc=f"fp32 vs {chosen.name}", disable=not progress, leave=False):
+        image, labels = dataset[index]
+        labels = labels.to(device)
+        predictions = {}
+        for name, setting in (("fp32", reference), (chosen.name, chosen)):
+            with autocast(setting, device):
+                probs = predict_probs(model, image[None].to(device), cfg, num_classes)
+            if probs.shape[-2:] != labels.shape:
+                probs = F.interpolate(probs, size=labels.shape, mode="bilinear", align_corners=False)
+            predictions[name] = probs[0].argmax(0)
+            matrices[name].update(predictions[name], labels)
+        valid = labels != IGNORE_INDEX
+        same += int((predictions["fp32"] == predictions[chosen.name])[valid].sum())
+        counted += int(valid.sum())
+    model.train(was_training)
+    miou = {name: matrix.metrics()["mIoU"] for name, matrix in matrices.items()}
+    return {
+        "precision": chosen.name,
+        "agreement": 100.0 * same / max(counted, 1),
+        "mIoU_fp32": miou["fp32"],
+        f"mIoU_{chosen.name}": miou[chosen.name],
+        "delta_mIoU": miou[chosen.name] - miou["fp32"],
+        "pixels": counted,
+    }
