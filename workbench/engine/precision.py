@@ -1,9 +1,8 @@
-"""Precision and compile settings, in one place for training, evaluation and the Predictor.
+"""Precision and memory-layout settings, in one place for training, evaluation, the Predictor and bench.
 
     choice = resolve_precision("auto", "cpu")      # Precision("bf16", "auto: the CPU has native bf16 ...")
     with autocast(choice, device):                 # torch.autocast, or nothing for fp32
         logits = model(images)
-    compiled, seconds = compile_model(model, images)  # torch.compile, its compile time measured
     use_channels_last(model)                       # convolutions in channels-last (inference)
 
 ``precision`` is "auto" | "fp32" | "bf16" | "fp16" (mixed precision by ``torch.autocast``: weights
@@ -22,12 +21,15 @@ stays channels-last (a flatten to tokens then needs no copy). It is an inference
 Predictor's default): GPViT-L1 UperNet at 512² on 2 cores ran faster with it in fp32 and bf16 (the
 figures in ``docs/benchmarks.md``). Training keeps the default layout: a resumed optimizer state is
 stored contiguous, and fused optimizers expect each state tensor laid out as its parameter.
+
+``torch.compile`` is measured, not applied: ``workbench bench --compile`` times compiled models with
+their compile cost (``first call``); the engine and the Predictor run eager, as a compile costs tens
+of seconds on a CPU and again at every new input size, longer than an app or notebook session gains.
 """
 
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -100,13 +102,3 @@ def use_channels_last(model: nn.Module, enabled: bool = True) -> bool:
     has_conv = any(isinstance(module, nn.Conv2d | nn.ConvTranspose2d) for module in model.modules())
     model.to(memory_format=torch.channels_last if enabled and has_conv else torch.contiguous_format)
     return enabled and has_conv
-
-
-def compile_model(model: nn.Module, example: torch.Tensor, **options) -> tuple[nn.Module, float]:
-    """``torch.compile(model, **options)`` and the seconds its first call (the compilation) took on
-    ``example`` (B, C, H, W), run without gradients. Other input shapes may recompile."""
-    compiled = torch.compile(model, **options)
-    tic = time.perf_counter()
-    with torch.no_grad():
-        compiled(example)
-    return compiled, time.perf_counter() - tic
