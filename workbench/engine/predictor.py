@@ -28,7 +28,7 @@ from workbench.data.classes import Classes
 from workbench.data.image import ImageSource, read_image
 from workbench.data.transforms import EvalTransform
 from workbench.engine.evaluate import forward_padded, predict_probs
-from workbench.engine.precision import autocast, resolve_precision
+from workbench.engine.precision import autocast, resolve_precision, use_channels_last
 from workbench.models.explain import CachedAttention, View
 from workbench.viz import groups as gp_groups
 from workbench.viz.overlay import colorize, overlay
@@ -87,6 +87,8 @@ class Predictor:
         precision: "fp32" (the default), "bf16", "fp16" or "auto" (``workbench.engine.precision``;
             ``self.precision.reason`` says what auto chose). Probabilities and explain queries are
             computed in fp32 whatever the forward ran in.
+        channels_last: convolution weights in channels-last layout (``use_channels_last``; faster
+            stems and heads on CPU and GPU, the same results within float rounding).
     """
 
     def __init__(
@@ -97,18 +99,21 @@ class Predictor:
         transform: EvalTransform | None = None,
         device: torch.device | str | None = None,
         precision: str = "fp32",
+        channels_last: bool = True,
     ) -> None:
         if not isinstance(getattr(model, "num_classes", None), int):
             raise ValueError(f"expected a segmentor with num_classes, got {type(model).__name__}")
         self.device = _device(device)
         self.precision = resolve_precision(precision, self.device)
         self.model = model.to(self.device).eval()
+        self.channels_last = use_channels_last(self.model, channels_last)
         self.eval_cfg = eval_cfg or EvalConfig()
         self.num_classes = model.num_classes
         if classes is None or len(classes) != self.num_classes:  # e.g. a converted release checkpoint
             classes = Classes.numbered(self.num_classes)
         self.classes = classes
         self.transform = transform or EvalTransform(None, *_normalisation(model))
+        self.load_report = None  # the LoadReport of the weights, set by from_checkpoint / from_pretrained
         self._session: _Session | None = None
 
     @classmethod
@@ -118,6 +123,7 @@ class Predictor:
         device: torch.device | str | None = None,
         ema: bool = False,
         precision: str = "fp32",
+        channels_last: bool = True,
     ) -> Predictor:
         """A Predictor for a run folder or checkpoint, with its recipe's test scale and inference."""
         from workbench.build import build_model, classes_of, eval_transform
@@ -126,8 +132,36 @@ class Predictor:
 
         cfg = checkpoint_config(path)
         model = build_model(cfg)
-        load_weights(model, path, ema=ema)
-        return cls(model, cfg.eval, classes_of(cfg), eval_transform(cfg), device, precision)
+        report = load_weights(model, path, ema=ema)
+        predictor = cls(
+            model, cfg.eval, classes_of(cfg), eval_transform(cfg), device, precision, channels_last
+        )
+        predictor.load_report = report
+        return predictor
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        source: str | Path,
+        model: str,
+        num_classes: int,
+        device: torch.device | str | None = None,
+        precision: str = "fp32",
+        channels_last: bool = True,
+        **model_kwargs,
+    ) -> Predictor:
+        """A Predictor for a released checkpoint without a workbench config (official GPViT / SETR /
+        mmseg / HLG files): the registered segmentor ``model`` built for ``num_classes`` and filled by
+        ``load_pretrained(source)`` (strict; its report in ``load_report``). Whole-image inference
+        with the model's own mean/std; numbered classes."""
+        from workbench.interop import load_pretrained
+        from workbench.models import create_segmentor
+
+        segmentor = create_segmentor(model, num_classes=num_classes, **model_kwargs)
+        report = load_pretrained(segmentor, source)
+        predictor = cls(segmentor, device=device, precision=precision, channels_last=channels_last)
+        predictor.load_report = report
+        return predictor
 
     def preprocess(self, image: ImageSource) -> tuple[np.ndarray, torch.Tensor]:
         """The image as read (H, W, 3) uint8, and the model's input (1, 3, h, w) at the test scale."""
@@ -173,9 +207,17 @@ class Predictor:
 
     @property
     def session(self) -> _Session:
+        """What the last ``set_image`` kept; queries read it. A server keeps one per user and sets it
+        back (``predictor.session = kept``) to answer that user's click without a forward pass."""
         if self._session is None:
             raise ValueError("no image is set: call predictor.set_image(image) first")
         return self._session
+
+    @session.setter
+    def session(self, session: _Session) -> None:
+        if not isinstance(session, _Session):
+            raise ValueError(f"expected a session from predictor.session, got {type(session).__name__}")
+        self._session = session
 
     def sites(self) -> list[str]:
         """Names of the attention sites a query can name (``model.attention_sites()``)."""
@@ -238,6 +280,34 @@ class Predictor:
         on_grid = rollout(sites, *token, class_token=class_token)
         on_input = sites[0].tokens.to_image(on_grid)
         return session.view.to_image(on_input, (height, width), mode="nearest").cpu()
+
+    def attribute(
+        self, target_class: int, region: np.ndarray, method: str = "occlusion", **options
+    ) -> torch.Tensor:
+        """captum attribution of "class ``target_class`` over ``region``" (a bool mask (H, W) on the
+        image) to the image's pixels (``workbench.viz.attribution.attribute``, ``options`` its method's
+        keywords): (H, W) on the image, signed. Runs the model as the method needs (in fp32)."""
+        from workbench.models.layers import pad_for
+        from workbench.viz.attribution import attribute
+
+        session = self.session
+        mask = torch.as_tensor(np.asarray(region, dtype=bool))
+        if tuple(mask.shape) != session.image.shape[:2]:
+            raise ValueError(
+                f"region must be an (H, W) mask of the image, {session.image.shape[:2]}; got {tuple(mask.shape)}"
+            )
+        if not mask.any():
+            raise ValueError("the region is empty: it must hold at least one pixel")
+        inputs = pad_for(self.model, self.preprocess(session.image)[1])
+        # The canonical view is the image resized to the input: nearest keeps the mask a mask.
+        on_view = torch.nn.functional.interpolate(
+            mask[None, None].float(), size=session.view.size, mode="nearest"
+        )
+        height, width = inputs.shape[-2:]
+        padding = (0, width - session.view.size[1], 0, height - session.view.size[0])
+        on_input = torch.nn.functional.pad(on_view[0, 0], padding).bool().to(self.device)
+        result = attribute(self.model, inputs, int(target_class), on_input, method, **options)
+        return session.view.to_image(result.map.cpu(), session.image.shape[:2], mode="bilinear")[0]
 
     def _gp_block(self, block: int | str) -> tuple[CachedAttention, CachedAttention]:
         """(grouping, ungrouping) cached sites of a GP block: its name ("blocks.1") or its index

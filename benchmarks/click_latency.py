@@ -1,6 +1,6 @@
 """How fast a click is answered once ``Predictor.set_image`` has run (not a test; prints timings).
 
-    python benchmarks/click.py --model setr_naive_vit_base --size 512
+    python benchmarks/click_latency.py --model setr_naive_vit_base --size 512
 
 Times one plain forward pass, ``set_image`` (the forward with q/k kept) and one click query on every
 attention site (only the clicked pixel's row is computed), on this machine's CPU threads.

@@ -1,0 +1,32 @@
+"""What the app's tests share: a tiny checkpoint, a free port on 127.0.0.1, the app serving on it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from apps.app import Settings, Workbench, build_app, free_port, launch
+from workbench.build import build_model
+from workbench.config import load_config
+from workbench.interop.checkpoint import save_weights
+
+
+def tiny_checkpoint(folder: Path, config: str = "tiny_gpvit") -> Path:
+    """A freshly initialised tiny model saved as a workbench checkpoint (weights + config)."""
+    cfg = load_config(config)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_weights(folder, build_model(cfg), cfg)
+    return folder
+
+
+@contextmanager
+def serving(checkpoint: Path, concurrency: int = 2, **settings) -> Iterator[tuple[str, Workbench]]:
+    """The app on ``checkpoint`` at a free 127.0.0.1 port (fp32, so labels match a plain Predictor)."""
+    workbench = Workbench(Settings(**{"precision": "fp32", **settings}), str(checkpoint))
+    app = build_app(workbench)
+    url = launch(app, "127.0.0.1", free_port(), concurrency)
+    try:
+        yield url, workbench
+    finally:
+        app.close()
