@@ -9,10 +9,16 @@ export HF_HUB_DISABLE_TELEMETRY := 1
 export GRADIO_ANALYTICS_ENABLED := False
 export MPLBACKEND := Agg
 
-.PHONY: demo test docs bench lint format clean
+.PHONY: demo test docs bench lab lint format clean
 
+# Trains the demo model if the cache lacks it, prints its evaluation, then serves the app on
+# http://$(HOST):$(PORT) (Ctrl-C stops it). SERVE=0 stops after the evaluation (headless machines).
+SERVE ?= 1
+HOST ?= 127.0.0.1
+PORT ?= 7860
 demo: $(VENV)/.installed
 	$(BIN)/workbench demo
+	@if [ "$(SERVE)" != 0 ]; then $(BIN)/python apps/app.py --host $(HOST) --port $(PORT); fi
 
 test: $(VENV)/.installed-test
 	$(BIN)/ruff check .
@@ -23,10 +29,26 @@ test: $(VENV)/.installed-test
 docs: $(VENV)/.installed
 	$(BIN)/python docs/make_figures.py
 
-# docs/benchmarks.md (+ .csv, plots) on this machine's CPU: 2 threads, a 10 s budget per call.
+# On this machine's CPU with 2 threads: docs/benchmarks.md (every model, 256² to 2048², a 30 s budget
+# per call), docs/fast_path.md (GPViT-L1 at 512²: precision x layout, and torch.compile) and
+# docs/fidelity.md (bf16 against fp32 on the demo model; trains it once if the cache lacks it).
+BENCH := $(BIN)/workbench bench --out docs/ --threads 2 --modes inference
 bench: $(VENV)/.installed
-	$(BIN)/workbench bench --out docs/ --sizes 256 512 1024 --precisions fp32 bf16 --threads 2 \
-		--repeats 1 --time-budget-s 10
+	$(BIN)/workbench bench --out docs/ --threads 2 --sizes 256 512 1024 2048 --precisions fp32 bf16 \
+		--repeats 1 --time-budget-s 30
+	$(BENCH) --name fast_path --title "Fast path: GPViT-L1 at 512²" --models gpvit_l1 gpvit_l1_upernet \
+		--sizes 512 --precisions fp32 bf16 --layouts contiguous channels_last --repeats 3
+	$(BENCH) --name compile --title "torch.compile: GPViT-L1 backbone at 512²" --models gpvit_l1 \
+		--sizes 512 --precisions fp32 bf16 --compile --repeats 3
+	$(BIN)/python benchmarks/fidelity.py --threads 2 --out docs/fidelity.md demo_gpvit
+
+# JupyterLab in notebooks/ on 127.0.0.1 only, the project's .venv as the kernel; prints the URL with its
+# token. Another port: make lab LAB_PORT=8899.
+LAB_PORT ?= 8888
+lab: $(VENV)/.installed
+	$(BIN)/jupyter lab --no-browser --ip=127.0.0.1 --port=$(LAB_PORT) --ServerApp.root_dir=notebooks \
+		--LabApp.news_url=None --LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate \
+		$(if $(filter 0,$(shell id -u)),--allow-root)
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check --fix .

@@ -13,40 +13,18 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from workbench import Predictor
 from workbench.build import build_datasets, build_model, classes_of, eval_transform
 from workbench.data.image import read_image
 from workbench.demo import demo_checkpoint
+from workbench.engine.analysis import dataset_group_purity
 from workbench.interop.checkpoint import checkpoint_config
-from workbench.viz import click_figure, group_assignment_figure, group_purity, normalized_mutual_information
+from workbench.viz import click_figure, group_assignment_figure
+from workbench.viz.measures import object_pixel
 
 DOCS = Path(__file__).parent
-
-
-def _click_point(labels: np.ndarray) -> tuple[int, int]:
-    """The pixel of the largest non-background object farthest inside it (its mask's centre row/col)."""
-    classes, counts = np.unique(labels[(labels != 0) & (labels != 255)], return_counts=True)
-    ys, xs = np.nonzero(labels == classes[counts.argmax()])
-    middle = np.argsort(ys * labels.shape[1] + xs)[len(ys) // 2]
-    return int(ys[middle]), int(xs[middle])
-
-
-def _purity(predictor: Predictor, val_set, blocks: list[str], count: int) -> dict[str, tuple[float, float]]:
-    """Mean group purity and NMI per GP block over the first ``count`` validation images."""
-    scores = {block: [] for block in blocks}
-    for index in range(min(count, len(val_set))):
-        image_path, _ = val_set.pairs[index]
-        labels = torch.as_tensor(val_set.load_labels(index))
-        predictor.set_image(read_image(image_path))
-        for block in blocks:
-            assignment = predictor.group_assignment(block)
-            scores[block].append(
-                (group_purity(assignment, labels), normalized_mutual_information(assignment, labels))
-            )
-    return {block: tuple(np.mean(values, axis=0)) for block, values in scores.items()}
 
 
 def main() -> None:
@@ -60,7 +38,7 @@ def main() -> None:
     _, val_set = build_datasets(gpvit_cfg)
     image_path, _ = val_set.pairs[args.image]
     image, labels = read_image(image_path), val_set.load_labels(args.image)
-    y, x = _click_point(labels)
+    y, x = object_pixel(labels)
 
     # One clicked pixel in each family: the last self-attention layer of SETR, GPViT's last GP block
     # read through its groups, HLG's last global (token-to-window) attention of stage 3.
@@ -88,8 +66,8 @@ def main() -> None:
         build_model(gpvit_cfg), gpvit_cfg.eval, classes_of(gpvit_cfg), eval_transform(gpvit_cfg), "cpu"
     )
     print(f"group purity / NMI on {min(args.purity_images, len(val_set))} demo validation images:")
-    trained_scores = _purity(predictor, val_set, blocks, args.purity_images)
-    untrained_scores = _purity(untrained, val_set, blocks, args.purity_images)
+    trained_scores = dataset_group_purity(predictor, val_set, args.purity_images)
+    untrained_scores = dataset_group_purity(untrained, val_set, args.purity_images)
     for block in blocks:
         (purity, nmi), (purity0, nmi0) = trained_scores[block], untrained_scores[block]
         print(f"  {block}: trained {purity:.3f} / {nmi:.3f}   untrained {purity0:.3f} / {nmi0:.3f}")

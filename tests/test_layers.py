@@ -58,3 +58,18 @@ def test_every_layer_imports_only_the_layers_below_it():
 def test_the_layer_table_knows_every_module():
     layers = {_layer(".".join(p.relative_to(ROOT.parent).with_suffix("").parts)) for p in ROOT.rglob("*.py")}
     assert layers - {"__init__", "__main__", None} <= set(ALLOWED)
+
+
+def test_the_library_never_imports_the_app_or_gradio():
+    """The app sits on the library (``apps/``); the library runs where Gradio is not installed."""
+    offences = []
+    for path in sorted(ROOT.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            names += [alias.name for alias in node.names] if isinstance(node, ast.Import) else []
+            offences += [
+                f"{path.relative_to(ROOT.parent)} imports {name}"
+                for name in names
+                if name.split(".")[0] in ("apps", "gradio", "gradio_client")
+            ]
+    assert not offences, "\n".join(offences)

@@ -6,10 +6,12 @@ import hashlib
 import shutil
 from pathlib import Path
 
-from workbench.build import build_datasets, build_model
+import torch
+
+from workbench.build import build_datasets, build_model, classes_of, eval_transform
 from workbench.cache import cache_dir
 from workbench.config import load_config, to_dict
-from workbench.engine import train
+from workbench.engine import Predictor, train
 from workbench.engine.tasks import task_of
 from workbench.interop import load_weights
 from workbench.interop.checkpoint import checkpoint_config, latest_checkpoint, load_state
@@ -39,3 +41,18 @@ def demo_metrics(checkpoint: str | Path) -> dict:
     load_weights(model, checkpoint)
     _, val_set = build_datasets(cfg)
     return task_of(cfg).evaluate(cfg, model, val_set)
+
+
+def demo_predictor(
+    config: str | Path = "demo_gpvit", trained: bool = True, device: str | None = None
+) -> Predictor:
+    """A Predictor of the demo model of ``config``: the trained one (``demo_checkpoint``, training it
+    first if the cache lacks it) or, with ``trained=False``, the same model freshly initialised (seed 0)
+    with the same classes and preprocessing: the notebooks' quick runs and the untrained baselines."""
+    if trained:
+        return Predictor.from_checkpoint(demo_checkpoint(config), device=device)
+    cfg = load_config(config)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = build_model(cfg)
+    return Predictor(model, cfg.eval, classes_of(cfg), eval_transform(cfg), device)
