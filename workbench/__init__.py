@@ -4,13 +4,16 @@ from workbench import viz
 from workbench.engine import Predictor, train
 from workbench.interop import load_pretrained
 from workbench.models import Segmentor, create_segmentor, list_models
+from workbench.models.detection import create_detector, list_detectors
 
 __version__ = "0.1.0"
 __all__ = [
     "Predictor",
     "Segmentor",
     "__version__",
+    "create_detector",
     "create_segmentor",
+    "list_detectors",
     "list_models",
     "load_pretrained",
     "train",

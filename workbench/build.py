@@ -21,6 +21,7 @@ from workbench.data import DATASETS, Classes, dataset_class
 from workbench.data.transforms import EvalTransform
 from workbench.models import create_segmentor
 from workbench.models.classifier import Classifier
+from workbench.models.detection import create_detector
 
 
 def _dataset_class(cfg: Config) -> type:
@@ -42,13 +43,15 @@ def classes_of(cfg: Config) -> Classes:
     checkpoint), the classes are numbered.
     """
     classes = _dataset_class(cfg).declared_classes(cfg.data)
-    if cfg.data.num_classes and cfg.data.num_classes != len(classes):
-        return Classes.numbered(cfg.data.num_classes)
+    background = 1 if cfg.task == "detection" else 0  # a detection set's classes start with it
+    if cfg.data.num_classes and cfg.data.num_classes + background != len(classes):
+        return Classes.numbered(cfg.data.num_classes + background)
     return classes
 
 
 def build_model(cfg: Config) -> nn.Module:
-    """The configured segmentor, or for ``task: classification`` a timm classifier in a ``Classifier``."""
+    """The configured segmentor, for ``task: classification`` a timm classifier in a ``Classifier``,
+    for ``task: detection`` a registered detector (``data.num_classes``: foreground classes)."""
     num_classes = cfg.data.num_classes or len(classes_of(cfg))
     kwargs: dict[str, Any] = dict(cfg.model.kwargs)
     try:
@@ -56,6 +59,10 @@ def build_model(cfg: Config) -> nn.Module:
             data = cfg.data
             model = timm.create_model(cfg.model.name, num_classes=num_classes, **kwargs)
             return Classifier(model, num_classes, data.mixup, data.cutmix, data.label_smoothing)
+        if cfg.task == "detection":  # the classes hold the background first; detectors count the others
+            return create_detector(
+                cfg.model.name, num_classes=cfg.data.num_classes or num_classes - 1, **kwargs
+            )
         return create_segmentor(cfg.model.name, num_classes=num_classes, **kwargs)
     except TypeError as error:  # a typo in model.kwargs reaches the constructor as an unknown keyword
         unexpected = re.search(r"unexpected keyword argument '(\w+)'", str(error))

@@ -109,6 +109,9 @@ def _predict(args: argparse.Namespace) -> None:
     out = Path(args.out)
     _check_writable(out, "--out")
     names = _output_names(images)
+    if _is_detection_run(args.checkpoint):
+        _predict_detections(args, images, names, out)
+        return
     existing = [out / f"{name}_{kind}.png" for name in names for kind in _PREDICTION_FILES]
     existing = [path for path in existing if path.exists()]
     if existing and not args.overwrite:
@@ -123,6 +126,35 @@ def _predict(args: argparse.Namespace) -> None:
         for kind, array in zip(_PREDICTION_FILES, arrays, strict=True):
             Image.fromarray(array).save(out / f"{name}_{kind}.png")
         print(f"{path} -> {out / name}_{{{','.join(_PREDICTION_FILES)}}}.png")
+
+
+def _is_detection_run(checkpoint: str) -> bool:
+    from workbench.interop.checkpoint import checkpoint_config
+
+    return checkpoint_config(checkpoint).task == "detection"
+
+
+def _predict_detections(args: argparse.Namespace, images: list[Path], names: list[str], out: Path) -> None:
+    """Detections drawn on each image (boxes, masks, "class score") and listed in a json file."""
+    import json
+
+    from PIL import Image
+
+    from workbench.data.image import read_image
+    from workbench.engine.detection_predictor import DetectionPredictor
+
+    files = [out / f"{name}_detections.{suffix}" for name in names for suffix in ("png", "json")]
+    existing = [path for path in files if path.exists()]
+    if existing and not args.overwrite:
+        raise ValueError(f"{existing[0]} exists; pass --overwrite to replace, or choose another --out")
+    predictor = DetectionPredictor.from_checkpoint(args.checkpoint)
+    out.mkdir(parents=True, exist_ok=True)
+    for path, name in zip(images, names, strict=True):
+        image = read_image(path)
+        detections = predictor(image)
+        Image.fromarray(detections.draw(image)).save(out / f"{name}_detections.png")
+        (out / f"{name}_detections.json").write_text(json.dumps(detections.to_json(), indent=1))
+        print(f"{path} -> {out / name}_detections.{{png,json}} ({len(detections.labels)} detections)")
 
 
 def _convert(args: argparse.Namespace) -> None:
@@ -186,6 +218,7 @@ def _bench(args: argparse.Namespace) -> None:
             modes=args.modes,
             precisions=args.precisions,
             compiled=(False, True) if args.compile else (False,),
+            layouts=args.layouts,
             batch=args.batch,
             repeats=args.repeats if args.repeats else 1 if args.quick else 3,
             device=device,
@@ -195,7 +228,7 @@ def _bench(args: argparse.Namespace) -> None:
         )
     finally:
         torch.set_num_threads(threads)
-    for path in bench.save(result, out):
+    for path in bench.save(result, out, args.name, args.title):
         print(f"wrote {path}")
 
 
@@ -354,6 +387,17 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         help="bf16: under torch.autocast",
     )
     bench.add_argument("--compile", action="store_true", help="also time torch.compile'd models")
+    bench.add_argument(
+        "--layouts",
+        nargs="+",
+        default=["contiguous"],
+        choices=["contiguous", "channels_last"],
+        help="memory layout of the convolution weights (channels_last: the Predictor's inference layout)",
+    )
+    bench.add_argument(
+        "--name", default="benchmarks", help="file stem of the outputs: NAME.{csv,md}, NAME_*.png"
+    )
+    bench.add_argument("--title", default="Benchmarks", help="the Markdown report's title")
     bench.add_argument(
         "--batch", type=int, default=1, help="images per call (a training step takes at least 2)"
     )

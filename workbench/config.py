@@ -137,7 +137,10 @@ class OptimConfig:
 
 @dataclass
 class ScheduleConfig:
-    policy: str = checked("poly", one_of("poly", "cosine", "constant"))
+    policy: str = checked("poly", one_of("poly", "cosine", "constant", "step"))
+    # policy "step" (mmdet's 1x / 3x schedules): the LR is multiplied by ``gamma`` at each of ``steps``.
+    steps: tuple[int, ...] = ()
+    gamma: float = checked(0.1, POSITIVE)
     power: float = checked(1.0, POSITIVE)
     min_lr: float = checked(0.0, at_least(0.0))
     warmup_iters: int = checked(0, at_least(0))
@@ -161,7 +164,7 @@ class EvalConfig:
 
 @dataclass
 class Config:
-    task: str = checked("segmentation", one_of("segmentation", "classification"))
+    task: str = checked("segmentation", one_of("segmentation", "classification", "detection"))
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)

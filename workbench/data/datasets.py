@@ -24,7 +24,9 @@ from torch.utils.data import Dataset
 from workbench.config import DataConfig
 from workbench.data import classes as tables
 from workbench.data.classes import Classes, default_palette, read_classes
+from workbench.data.coco import CocoDetection
 from workbench.data.demo import ensure_demo_set
+from workbench.data.demo_detection import DemoDetection
 from workbench.data.image import read_image
 from workbench.data.transforms import IGNORE_INDEX, EvalTransform, TrainTransform
 
@@ -357,13 +359,15 @@ class ImageFolderClassification(Dataset):
 
 
 # ``data.dataset`` names; adding a data set means adding its class here.
-DATASETS: dict[str, type[SegmentationDataset] | type[ImageFolderClassification]] = {
+DATASETS: dict[str, type[SegmentationDataset] | type[ImageFolderClassification] | type[CocoDetection]] = {
     "demo": DemoDataset,
     "ade20k": ADE20K,
     "cityscapes": Cityscapes,
     "pascal_context": PascalContext,
     "folder": FolderDataset,
     "imagefolder": ImageFolderClassification,
+    "coco": CocoDetection,
+    "demo_detection": DemoDetection,
 }
 
 

@@ -69,18 +69,28 @@ def _shape_mask(kind: int, rng: np.random.Generator, size: int, yy: np.ndarray, 
     return ((np.abs(u) <= radius) & (np.abs(v) <= arm)) | ((np.abs(v) <= radius) & (np.abs(u) <= arm))
 
 
-def render_scene(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """One image (size, size, 3) uint8 and its label map (size, size) uint8."""
+def render_instances(rng: np.random.Generator, size: int) -> tuple[np.ndarray, list[tuple[int, np.ndarray]]]:
+    """One image (size, size, 3) uint8 and its objects back to front: (class, visible mask (size,
+    size) bool), each mask without what later objects cover (it may end up empty)."""
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     image = _texture(rng, size, yy, xx)
-    labels = np.zeros((size, size), np.uint8)
+    objects: list[tuple[int, np.ndarray]] = []
     for _ in range(rng.integers(2, 6)):
         kind = int(rng.integers(1, len(CLASSES)))
         mask = _shape_mask(kind, rng, size, yy, xx)
         image[mask] = _texture(rng, size, yy, xx)[mask]
-        labels[mask] = kind
+        objects = [(other, visible & ~mask) for other, visible in objects] + [(kind, mask)]
     noise = rng.normal(0, 6, size=image.shape)  # sensor noise, so no edge is perfectly clean
-    return np.clip(image + noise, 0, 255).astype(np.uint8), labels
+    return np.clip(image + noise, 0, 255).astype(np.uint8), objects
+
+
+def render_scene(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """One image (size, size, 3) uint8 and its label map (size, size) uint8."""
+    image, objects = render_instances(rng, size)
+    labels = np.zeros((size, size), np.uint8)
+    for kind, visible in objects:
+        labels[visible] = kind
+    return image, labels
 
 
 def demo_root(size: int = 128, train: int = 480, val: int = 96, seed: int = 0) -> Path:

@@ -15,6 +15,7 @@ from torch import nn
 from workbench.config import Config
 from workbench.data import SegmentationDataset
 from workbench.engine.classification import evaluate_classifier
+from workbench.engine.detection import Detection
 from workbench.engine.evaluate import evaluate
 from workbench.engine.precision import run_precision
 
@@ -88,7 +89,7 @@ class Classification:
         return evaluate_classifier(model, val_set, device, rank, world, progress)
 
 
-TASKS: dict[str, Task] = {task.name: task for task in (Segmentation(), Classification())}
+TASKS: dict[str, Task] = {task.name: task for task in (Segmentation(), Classification(), Detection())}
 
 
 def task_of(cfg: Config) -> Task:

@@ -87,6 +87,15 @@ class TrainSampler(Sampler):
             batch += 1
 
 
+def to_device(batch: Any, device: torch.device) -> Any:
+    """A tensor, or the lists and dicts of tensors of a detection batch, on ``device``."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {key: to_device(value, device) for key, value in batch.items()}
+    return [to_device(item, device) for item in batch]
+
+
 class _Losses(nn.Module):
     """Makes ``losses`` the forward pass, so DistributedDataParallel sees (and syncs) it."""
 
@@ -314,6 +323,7 @@ def _train(
         sampler=sampler,
         num_workers=cfg.data.num_workers,
         pin_memory=device.type == "cuda",
+        collate_fn=getattr(train_set, "collate_fn", None),  # detection: lists of images and targets
     )
     batches = iter(loader)  # (creating the iterator draws from the global RNG: restore it only after)
     if checkpoint is not None:
@@ -363,7 +373,7 @@ def _train(
             set_learning_rate(optimizer, lr)
             totals: dict[str, float] = {}
             for micro in range(cfg.grad_accum):
-                images, targets = (t.to(device, non_blocking=True) for t in next(batches))
+                images, targets = (to_device(t, device) for t in next(batches))
                 # Gradients are all-reduced only on the last micro-step: syncing each one would cost
                 # grad_accum all-reduces for the same result.
                 last = micro == cfg.grad_accum - 1

@@ -17,6 +17,7 @@ from pathlib import Path
 from torch import nn
 
 from workbench.interop.checkpoint import EMA_WEIGHTS, is_checkpoint, weights_file
+from workbench.interop.detection import MMDET_DETECTION
 from workbench.interop.download import resolve_source
 from workbench.interop.files import read_state_dict
 from workbench.interop.formats import StateDict
@@ -25,7 +26,7 @@ from workbench.interop.hlg import HLG_RELEASE
 from workbench.interop.vit import DEIT, JAX, MMSEG_SETR, SETR_OFFICIAL, TIMM
 
 # Release layouts in detection order: the most specific key patterns first.
-RELEASES = (JAX, GPVIT_RELEASE, MMSEG_SETR, SETR_OFFICIAL, DEIT, TIMM, HLG_RELEASE)
+RELEASES = (MMDET_DETECTION, JAX, GPVIT_RELEASE, MMSEG_SETR, SETR_OFFICIAL, DEIT, TIMM, HLG_RELEASE)
 _RELEASE_NAMED = {entry.name: entry for entry in RELEASES}
 FORMATS = ("auto", "workbench", *_RELEASE_NAMED)
 

@@ -1,0 +1,118 @@
+"""Detection on single images, for notebooks, ``workbench predict`` and the app.
+
+    predictor = DetectionPredictor.from_checkpoint(run_folder)   # a detection run
+    detections = predictor(photo)                                # boxes, labels, scores, masks
+    Image.fromarray(detections.draw(photo)).save("detections.png")
+
+Images go through the one image reader (``read_image``); the detector resizes them itself (its
+``min_size`` / ``max_size``) and returns boxes and masks in image pixels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+from torch import nn
+
+from workbench.data.classes import Classes, default_palette
+from workbench.data.image import ImageSource, read_image
+from workbench.engine.precision import autocast, resolve_precision
+
+
+@dataclass
+class Detections:
+    """The detections of one image above ``score_threshold``: ``boxes`` (N, 4) x1 y1 x2 y2 in pixels,
+    ``labels`` (N,) in 1..K, ``scores`` (N,), ``masks`` (N, H, W) bool or None (RetinaNet)."""
+
+    boxes: np.ndarray
+    labels: np.ndarray
+    scores: np.ndarray
+    masks: np.ndarray | None
+    classes: Classes = field(repr=False)
+
+    def names(self) -> list[str]:
+        return [self.classes.names[label] for label in self.labels]
+
+    def to_json(self) -> list[dict[str, Any]]:
+        """One entry per detection: class, score, box (masks are left to the drawing)."""
+        return [
+            {"label": name, "score": round(float(score), 4), "box": [round(float(v), 1) for v in box]}
+            for name, score, box in zip(self.names(), self.scores, self.boxes, strict=True)
+        ]
+
+    def draw(self, image: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+        """``image`` (H, W, 3) uint8 with every mask blended in its class colour, every box outlined
+        and labelled "class score"."""
+        canvas = image.astype(np.float32)
+        colours = [self.classes.palette[label] for label in self.labels]
+        if self.masks is not None:
+            for mask, colour in zip(self.masks, colours, strict=True):
+                canvas[mask] = (1 - alpha) * canvas[mask] + alpha * np.array(colour, np.float32)
+        drawn = Image.fromarray(canvas.round().astype(np.uint8))
+        pen = ImageDraw.Draw(drawn)
+        for box, colour, name, score in zip(self.boxes, colours, self.names(), self.scores, strict=True):
+            pen.rectangle([float(v) for v in box], outline=tuple(colour), width=2)
+            pen.text((float(box[0]) + 2, float(box[1]) + 1), f"{name} {score:.2f}", fill=tuple(colour))
+        return np.asarray(drawn)
+
+
+class DetectionPredictor:
+    """Single-image inference with a detector (``workbench.create_detector`` or a detection run)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        classes: Classes | None = None,
+        device: torch.device | str | None = None,
+        precision: str = "fp32",
+        score_threshold: float = 0.3,
+    ) -> None:
+        if not hasattr(model, "roi_heads") and not hasattr(model, "head"):
+            raise ValueError(f"expected a detector (Mask R-CNN or RetinaNet), got {type(model).__name__}")
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.precision = resolve_precision(precision, self.device)
+        self.model = model.to(self.device).eval()
+        self.num_classes = model.num_classes
+        if classes is None or len(classes) != self.num_classes + 1:
+            names = ("background", *(str(i) for i in range(1, self.num_classes + 1)))
+            classes = Classes(names, default_palette(self.num_classes + 1))
+        self.classes = classes
+        self.score_threshold = score_threshold
+        self.load_report = None
+
+    @classmethod
+    def from_checkpoint(
+        cls, path: str | Path, device: torch.device | str | None = None, ema: bool = False, **options: Any
+    ) -> DetectionPredictor:
+        """A predictor for a detection run folder or checkpoint."""
+        from workbench.build import build_model, classes_of
+        from workbench.interop import load_weights
+        from workbench.interop.checkpoint import checkpoint_config
+
+        cfg = checkpoint_config(path)
+        model = build_model(cfg)
+        report = load_weights(model, path, ema=ema)
+        predictor = cls(model, classes_of(cfg), device, **options)
+        predictor.load_report = report
+        return predictor
+
+    @torch.no_grad()
+    def __call__(self, source: ImageSource) -> Detections:
+        pixels = read_image(source)
+        image = torch.from_numpy(pixels.copy()).permute(2, 0, 1).float().div(255).to(self.device)
+        with autocast(self.precision, self.device):
+            found = self.model([image])[0]
+        keep = found["scores"] >= self.score_threshold
+        masks = found["masks"][keep, 0].float().cpu().numpy() > 0.5 if "masks" in found else None
+        return Detections(
+            found["boxes"][keep].float().cpu().numpy(),
+            found["labels"][keep].cpu().numpy(),
+            found["scores"][keep].float().cpu().numpy(),
+            masks,
+            self.classes,
+        )
