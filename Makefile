@@ -29,17 +29,16 @@ test: $(VENV)/.installed-test
 docs: $(VENV)/.installed
 	$(BIN)/python docs/make_figures.py
 
-# On this machine's CPU with 2 threads: docs/benchmarks.md (every model, 256² to 2048², a 30 s budget
-# per call), docs/fast_path.md (GPViT-L1 at 512²: precision x layout, and torch.compile) and
-# docs/fidelity.md (bf16 against fp32 on the demo model; trains it once if the cache lacks it).
-BENCH := $(BIN)/workbench bench --out docs/ --threads 2 --modes inference
+# On this machine's CPU with 2 threads: docs/fast_path.md (GPViT-L1 at 512²: precision x layout),
+# docs/compile.md (torch.compile), docs/benchmarks.md (every model, 256² to 2048², a 20 s budget per
+# call) and docs/fidelity.md (bf16 against fp32 on the demo model; trains it once if not cached).
+BENCH := $(BIN)/workbench bench --out docs/ --threads 2
 bench: $(VENV)/.installed
-	$(BIN)/workbench bench --out docs/ --threads 2 --sizes 256 512 1024 2048 --precisions fp32 bf16 \
-		--repeats 1 --time-budget-s 30
 	$(BENCH) --name fast_path --title "Fast path: GPViT-L1 at 512²" --models gpvit_l1 gpvit_l1_upernet \
-		--sizes 512 --precisions fp32 bf16 --layouts contiguous channels_last --repeats 3
+		--modes inference --sizes 512 --precisions fp32 bf16 --layouts contiguous channels_last --repeats 3
 	$(BENCH) --name compile --title "torch.compile: GPViT-L1 backbone at 512²" --models gpvit_l1 \
-		--sizes 512 --precisions fp32 bf16 --compile --repeats 3
+		--modes inference --sizes 512 --precisions fp32 bf16 --compile --repeats 3
+	$(BENCH) --sizes 256 512 1024 2048 --precisions fp32 bf16 --repeats 1 --time-budget-s 20
 	$(BIN)/python benchmarks/fidelity.py --threads 2 --out docs/fidelity.md demo_gpvit
 
 # JupyterLab in notebooks/ on 127.0.0.1 only, the project's .venv as the kernel; prints the URL with its

@@ -219,14 +219,26 @@ def _peak(device: str) -> float:
     return torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else _rss_mb("VmHWM")
 
 
-def _step(spec: BenchModel, model: nn.Module, mode: str, device: str, precision: str, size: int, batch: int):
-    """A function running one inference call or one training step on fixed random inputs."""
+def _step(
+    spec: BenchModel,
+    model: nn.Module,
+    mode: str,
+    device: str,
+    precision: str,
+    size: int,
+    batch: int,
+    compiled: bool = False,
+):
+    """A function running one inference call or one training step on fixed random inputs. The
+    function timed (forward, ``losses`` or ``forward_features``) is what ``compiled`` compiles: a
+    compiled module's other methods would run eager."""
     images = torch.randn(batch, 3, size, size, device=device)
     targets = torch.randint(0, 150, (batch, size, size), device=device)
     chosen = resolve_precision(precision, device)
+    maybe_compile = torch.compile if compiled else lambda function: function
     if mode == "inference":
         model.eval()
-        forward = model if spec.segmentor else model.forward_features
+        forward = maybe_compile(model if spec.segmentor else model.forward_features)
 
         def run() -> None:
             with torch.inference_mode(), autocast(chosen, device):
@@ -235,14 +247,11 @@ def _step(spec: BenchModel, model: nn.Module, mode: str, device: str, precision:
         return run
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    losses = maybe_compile(model.losses if spec.segmentor else model.forward_features)
 
     def run() -> None:
         with autocast(chosen, device):
-            loss = (
-                model.losses(images, targets)["loss"]
-                if spec.segmentor
-                else model.forward_features(images).float().mean()
-            )
+            loss = losses(images, targets)["loss"] if spec.segmentor else losses(images).float().mean()
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -281,9 +290,7 @@ def measure(
     baseline = _reset_peak(device)
     model = spec.build(size, quick).to(device)
     use_channels_last(model, layout == "channels_last")
-    if compiled:
-        model = torch.compile(model)
-    run = _step(spec, model, mode, device, precision, size, batch)
+    run = _step(spec, model, mode, device, precision, size, batch, compiled)
     start = time.perf_counter()
     run()
     _sync(device)
