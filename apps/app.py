@@ -272,8 +272,9 @@ def legend_html(areas) -> str:
     return f'<div class="legend">{swatches}</div>'
 
 
-def demo_examples(size: int = 256, count: int = 3) -> list[tuple[str, str]]:
-    """Demo scenes (the shapes the demo models learnt), written once to the cache, and the shipped photos."""
+def demo_examples(size: int = 128, count: int = 3) -> list[tuple[str, str]]:
+    """Demo scenes at the demo set's size (the shapes and scale the demo models learnt), written once to
+    the cache, and the shipped photos."""
     folder = cache_dir() / "app-examples"
     folder.mkdir(parents=True, exist_ok=True)
     scenes = []
