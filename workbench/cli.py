@@ -112,11 +112,9 @@ def _predict(args: argparse.Namespace) -> None:
     if _is_detection_run(args.checkpoint):
         _predict_detections(args, images, names, out)
         return
-    existing = [out / f"{name}_{kind}.png" for name in names for kind in _PREDICTION_FILES]
-    existing = [path for path in existing if path.exists()]
-    if existing and not args.overwrite:
-        more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
-        raise ValueError(f"{existing[0]} exists{more}; pass --overwrite to replace, or choose another --out")
+    _refuse_existing(
+        [out / f"{name}_{kind}.png" for name in names for kind in _PREDICTION_FILES], args.overwrite
+    )
     predictor = Predictor.from_checkpoint(args.checkpoint)
     out.mkdir(parents=True, exist_ok=True)
     for path, name in zip(images, names, strict=True):
@@ -126,6 +124,14 @@ def _predict(args: argparse.Namespace) -> None:
         for kind, array in zip(_PREDICTION_FILES, arrays, strict=True):
             Image.fromarray(array).save(out / f"{name}_{kind}.png")
         print(f"{path} -> {out / name}_{{{','.join(_PREDICTION_FILES)}}}.png")
+
+
+def _refuse_existing(files: list[Path], overwrite: bool) -> None:
+    """Predictions never overwrite files silently: a one-line error names the first one there is."""
+    existing = [path for path in files if path.exists()]
+    if existing and not overwrite:
+        more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
+        raise ValueError(f"{existing[0]} exists{more}; pass --overwrite to replace, or choose another --out")
 
 
 def _is_detection_run(checkpoint: str) -> bool:
@@ -143,10 +149,9 @@ def _predict_detections(args: argparse.Namespace, images: list[Path], names: lis
     from workbench.data.image import read_image
     from workbench.engine.detection_predictor import DetectionPredictor
 
-    files = [out / f"{name}_detections.{suffix}" for name in names for suffix in ("png", "json")]
-    existing = [path for path in files if path.exists()]
-    if existing and not args.overwrite:
-        raise ValueError(f"{existing[0]} exists; pass --overwrite to replace, or choose another --out")
+    _refuse_existing(
+        [out / f"{name}_detections.{suffix}" for name in names for suffix in ("png", "json")], args.overwrite
+    )
     predictor = DetectionPredictor.from_checkpoint(args.checkpoint)
     out.mkdir(parents=True, exist_ok=True)
     for path, name in zip(images, names, strict=True):

@@ -13,7 +13,7 @@ from tqdm import tqdm
 from workbench.config import EvalConfig
 from workbench.data.transforms import IGNORE_INDEX
 from workbench.engine.distributed import all_reduce_sum, is_main
-from workbench.engine.precision import autocast, resolve_precision
+from workbench.engine.precision import Precision, autocast, resolve_precision
 from workbench.models.explain import View, seen_as
 from workbench.models.layers import pad_for
 
@@ -132,6 +132,23 @@ def predict_probs(model: nn.Module, images: torch.Tensor, cfg: EvalConfig, num_c
 
 
 @torch.no_grad()
+def _predicted_labels(
+    model: nn.Module,
+    image: torch.Tensor,
+    size: tuple[int, ...],
+    cfg: EvalConfig,
+    num_classes: int,
+    precision: Precision,
+    device: torch.device | str,
+) -> torch.Tensor:
+    """The label map (H, W) the model predicts for one normalised image (3, h, w), at ``size``."""
+    with autocast(precision, device):
+        probs = predict_probs(model, image[None].to(device), cfg, num_classes)
+    if probs.shape[-2:] != tuple(size):
+        probs = F.interpolate(probs, size=tuple(size), mode="bilinear", align_corners=False)
+    return probs[0].argmax(0)
+
+
 def evaluate(
     model: nn.Module,
     dataset,
@@ -152,11 +169,9 @@ def evaluate(
     indices = range(rank, len(dataset), world)
     for index in tqdm(indices, desc="eval", disable=not (progress and is_main()), leave=False):
         image, labels = dataset[index]
-        with autocast(chosen, device):
-            probs = predict_probs(model, image[None].to(device), cfg, num_classes)
-        if probs.shape[-2:] != labels.shape:
-            probs = F.interpolate(probs, size=labels.shape, mode="bilinear", align_corners=False)
-        matrix.update(probs[0].argmax(0), labels.to(device))
+        matrix.update(
+            _predicted_labels(model, image, labels.shape, cfg, num_classes, chosen, device), labels.to(device)
+        )
     model.train(was_training)
     return matrix.reduce().metrics(getattr(dataset, "classes", None) and dataset.classes.names)
 
@@ -185,11 +200,9 @@ def precision_agreement(
         labels = labels.to(device)
         predictions = {}
         for name, setting in (("fp32", reference), (chosen.name, chosen)):
-            with autocast(setting, device):
-                probs = predict_probs(model, image[None].to(device), cfg, num_classes)
-            if probs.shape[-2:] != labels.shape:
-                probs = F.interpolate(probs, size=labels.shape, mode="bilinear", align_corners=False)
-            predictions[name] = probs[0].argmax(0)
+            predictions[name] = _predicted_labels(
+                model, image, labels.shape, cfg, num_classes, setting, device
+            )
             matrices[name].update(predictions[name], labels)
         valid = labels != IGNORE_INDEX
         same += int((predictions["fp32"] == predictions[chosen.name])[valid].sum())
