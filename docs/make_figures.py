@@ -4,8 +4,12 @@
 
 Trains the demo models once if the cache lacks them (``workbench.demo.demo_checkpoint``), then writes
 ``docs/attention_click.png`` (where one clicked pixel looks, in the three families) and
-``docs/gpvit_groups.png`` (the demo GPViT's group assignments over its four GP blocks), and prints the
-group purity of the trained demo GPViT against an untrained one on the demo validation set.
+``docs/gpvit_groups.png`` (the demo GPViT's group assignments over its four GP blocks),
+``docs/hlg_local_global.png`` (one pixel's window, dilated and global attention at each stage of the
+demo HLG, as in ``05_hlg_local_global``) and ``docs/erf_trained.png`` / ``docs/erf_at_initialisation.png`` (the
+effective receptive fields of the three demo models, trained and freshly initialised, as in
+``07_compare_families``), and prints the group purity of the trained
+demo GPViT against an untrained one on the demo validation set.
 """
 
 from __future__ import annotations
@@ -18,19 +22,25 @@ import torch
 from workbench import Predictor
 from workbench.build import build_datasets, build_model, classes_of, eval_transform
 from workbench.data.image import read_image
-from workbench.demo import demo_checkpoint
+from workbench.demo import demo_checkpoint, demo_predictor
 from workbench.engine.analysis import dataset_group_purity
 from workbench.interop.checkpoint import checkpoint_config
-from workbench.viz import click_figure, group_assignment_figure
+from workbench.models.layers import pad_for
+from workbench.viz import click_figure, effective_receptive_field, group_assignment_figure
 from workbench.viz.measures import object_pixel
+from workbench.viz.panels import panels_figure
 
 DOCS = Path(__file__).parent
+FAMILY_TITLES = {"setr": "SETR", "gpvit": "GPViT", "hlg": "HLG"}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--image", type=int, default=3, help="index of the demo validation image shown")
     parser.add_argument("--purity-images", type=int, default=96, help="validation images for the purity")
+    parser.add_argument(
+        "--erf-images", type=int, default=16, help="validation images for the receptive fields"
+    )
     args = parser.parse_args()
 
     checkpoints = {family: demo_checkpoint(f"demo_{family}") for family in ("setr", "gpvit", "hlg")}
@@ -60,6 +70,34 @@ def main() -> None:
     titles = [f"GP block {block.split('.')[1]}" for block in blocks]
     group_assignment_figure(image, assignments, titles=titles).savefig(DOCS / "gpvit_groups.png", dpi=110)
     print(f"wrote {DOCS / 'attention_click.png'} and {DOCS / 'gpvit_groups.png'} (click at {y}, {x})")
+
+    # 05_hlg_local_global's panels: the pixel's attention at every HLG stage's window, dilated and
+    # global sites; 07_compare_families's effective receptive fields of the three trained demo models.
+    predictor_hlg = Predictor.from_checkpoint(checkpoints["hlg"], device="cpu")
+    predictor_hlg.set_image(image)
+    maps = {
+        f"{site} ({cached.layout.kind})": predictor_hlg.attention_at(y, x, site)
+        for site, cached in predictor_hlg.session.cached.items()
+        if site.startswith("stages.")
+    }
+    panels_figure(maps, image, columns=4, point=(y, x), panel_size=2.4).savefig(
+        DOCS / "hlg_local_global.png", dpi=100
+    )
+    for trained, name in ((True, "erf_trained.png"), (False, "erf_at_initialisation.png")):
+        fields = {}
+        for family, checkpoint in checkpoints.items():
+            config = f"demo_{family}"
+            family_val = build_datasets(checkpoint_config(checkpoint))[1]
+            model = demo_predictor(config, trained=trained, device="cpu").model.eval()
+            images = torch.stack([family_val[i][0] for i in range(min(args.erf_images, len(family_val)))])
+            fields[FAMILY_TITLES[family]] = effective_receptive_field(model, pad_for(model, images))
+        state = "trained" if trained else "at initialisation"
+        panels_figure(fields, cmap="magma", title=f"effective receptive field, demo models {state}").savefig(
+            DOCS / name, dpi=100
+        )
+    print(
+        f"wrote {DOCS / 'hlg_local_global.png'}, {DOCS / 'erf_trained.png'} and {DOCS / 'erf_at_initialisation.png'}"
+    )
 
     torch.manual_seed(0)
     untrained = Predictor(
