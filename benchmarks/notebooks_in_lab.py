@@ -29,32 +29,16 @@ from pathlib import Path
 import nbformat
 
 ROOT = Path(__file__).resolve().parent.parent
-CHROMIUM = "/usr/bin/chromium"
-FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
+sys.path.insert(0, str(ROOT))  # the repository root, for the tests' browser settings and lab command
+
+from tests.test_app_browser import CHROMIUM, FLAGS  # noqa: E402
+from tests.test_notebooks import lab_command  # noqa: E402
 
 
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
-
-
-def _lab_command(port: int) -> str:
-    """`make lab`'s own command line (from `make -n`)."""
-    printed = subprocess.run(
-        ["make", "-n", "-s", "lab", f"LAB_PORT={port}"], cwd=ROOT, capture_output=True, text=True, check=True
-    ).stdout.replace("\\\n", " ")
-    (command,) = [line for line in printed.splitlines() if " lab " in f"{line} " and "jupyter" in line]
-    return command
 
 
 def _wait_for(url: str, seconds: float) -> None:
@@ -132,7 +116,7 @@ def main() -> int:
         shutil.copy(source, folder)
     names = args.names or sorted(path.stem for path in folder.glob("*.ipynb"))
     port, token = _free_port(), secrets.token_hex(16)
-    command = _lab_command(port).replace("--ServerApp.root_dir=notebooks", f"--ServerApp.root_dir={folder}")
+    command = lab_command(port).replace("--ServerApp.root_dir=notebooks", f"--ServerApp.root_dir={folder}")
     env = {**os.environ, "WORKBENCH_NB_PARAMETERS": args.parameters or "{}"}
     server = subprocess.Popen(
         f"{command} --IdentityProvider.token={token}",

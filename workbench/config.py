@@ -94,6 +94,10 @@ class ModelConfig:
     # Keyword arguments for ``create_segmentor`` (e.g. a smaller depth); YAML maps are accepted.
     # A key the model does not take is refused where the model is built (``build_model``).
     kwargs: dict[str, Any] = field(default_factory=dict)
+    # Released weights a fresh run starts from: a path, URL or ``workbench.interop.CATALOGUE`` name (e.g.
+    # ``gpvit_l1_in1k``); ImageNet backbones fill a dense model's backbone. Empty: random initialisation.
+    # A resumed run, ``build_model`` and the Predictor never read it: their weights come from checkpoints.
+    pretrained: str = ""
 
 
 @dataclass
@@ -240,6 +244,8 @@ def _convert(value: Any, hint: Any, key: str) -> Any:
             raise ConfigError(key, f"{key}: expected a number, got {value!r}") from None
     if hint is float:
         raise ConfigError(key, f"{key}: expected a number, got {value!r}")
+    if hint is str and value is None:  # YAML's empty value: ``pretrained:`` or ``model.pretrained=``
+        return ""
     if hint in (int, str, bool) and type(value) is not hint:
         raise ConfigError(key, f"{key}: expected {hint.__name__}, got {value!r}")
     return value

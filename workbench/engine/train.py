@@ -34,12 +34,12 @@ from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
 from workbench.build import build_datasets, build_model
-from workbench.config import Config, load_config, save_config
+from workbench.config import Config, load_config, save_config, to_dict
 from workbench.engine import distributed
 from workbench.engine.optim import build_optimizer, learning_rate, set_learning_rate
 from workbench.engine.precision import autocast, run_precision
 from workbench.engine.tasks import task_of
-from workbench.interop import load_weights
+from workbench.interop import LoadReport, load_pretrained, load_weights
 from workbench.interop.checkpoint import (
     CONFIG,
     latest_checkpoint,
@@ -189,13 +189,26 @@ def _deferred_interrupt() -> Iterator[threading.Event]:
 
 
 def _same_model(cfg: Config, other: Config) -> bool:
-    """Whether a checkpoint of ``other`` fits the model ``cfg`` builds."""
-    return (cfg.task, cfg.model, cfg.data.dataset, cfg.data.num_classes) == (
-        other.task,
-        other.model,
-        other.data.dataset,
-        other.data.num_classes,
-    )
+    """Whether a checkpoint of ``other`` fits the model ``cfg`` builds (initial weights aside); model
+    arguments compare as saved in YAML (a notebook's tuple equals the saved config's list)."""
+
+    def built(c: Config) -> tuple:
+        return c.task, c.model.name, to_dict(c.model)["kwargs"], c.data.dataset, c.data.num_classes
+
+    return built(cfg) == built(other)
+
+
+def load_initial_weights(model: nn.Module, cfg: Config) -> LoadReport | None:
+    """``cfg.model.pretrained`` into ``model`` through ``load_pretrained`` (strict; ImageNet weights fill
+    a dense model's backbone), as a fresh run starts; None when it names nothing. A file that cannot be
+    read or does not fit raises a ValueError whose first line names ``model.pretrained``, and nothing
+    is loaded."""
+    if not cfg.model.pretrained:
+        return None
+    try:
+        return load_pretrained(model, cfg.model.pretrained)
+    except (ValueError, OSError) as error:
+        raise ValueError(f"model.pretrained={cfg.model.pretrained}: {error}") from error
 
 
 def _run_exists(work_dir: Path) -> bool:
@@ -282,6 +295,10 @@ def _train(
     train_set, val_set = datasets if datasets is not None else build_datasets(cfg)
     if val_set is not None:
         task.check(cfg, val_set)  # now, not after hours of training
+    if checkpoint is None:  # a resumed run has its own weights
+        report = load_initial_weights(model, cfg)  # in every process, before DDP: they start equal
+        if main and report is not None:
+            print(f"initial weights from {report}")
     distributed.barrier()  # every process has read the run folder before the main one writes to it
     if main:
         work_dir.mkdir(parents=True, exist_ok=True)

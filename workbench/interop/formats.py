@@ -34,9 +34,20 @@ class Format:
     export: Callable[[nn.Module], StateDict] | None = None
 
 
-def part_of(model: nn.Module, cls: type[nn.Module], format_name: str, fits: str) -> nn.Module:
-    """``model`` or its backbone, whichever is a ``cls``; else a ValueError saying what ``fits``."""
-    for part in (model, getattr(model, "backbone", None)):
+# Where a dense model holds a family's backbone: a segmentor's ``backbone``, a detector's pyramid body
+# (``backbone.body``, e.g. HLG) or the ViT inside the body's adapter (``backbone.body.vit``, GPViT).
+BACKBONE_PREFIXES = ("backbone.", "backbone.body.", "backbone.body.vit.")
+
+
+def part_of(model: nn.Module, cls: type[nn.Module], format_name: str, fits: str) -> tuple[str, nn.Module]:
+    """``model`` or the backbone it holds (at one of ``BACKBONE_PREFIXES``), whichever is a ``cls``, with
+    its key prefix in ``model``'s state dict (``""``: ``model`` itself); else a ValueError saying what
+    ``fits``."""
+    for prefix in ("", *BACKBONE_PREFIXES):
+        try:
+            part = model.get_submodule(prefix.removesuffix("."))
+        except AttributeError:
+            continue
         if isinstance(part, cls):
-            return part
+            return prefix, part
     raise ValueError(f"a {format_name} checkpoint loads into {fits}, not {type(model).__name__}")

@@ -16,7 +16,6 @@ from workbench.interop.formats import Format, StateDict, part_of
 from workbench.interop.keymap import KeyMap, rename_keys
 from workbench.models.gpvit import GPViT
 from workbench.models.layers import resample_pos_embed
-from workbench.models.segmentor import Segmentor
 
 # Inside the backbone: (workbench, official), most specific first.
 BACKBONE = KeyMap(
@@ -73,7 +72,11 @@ def to_official(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tenso
 
 def from_official(state_dict: Mapping[str, torch.Tensor], segmentor: bool) -> dict[str, torch.Tensor]:
     """Official key names -> a workbench classifier (``segmentor=False``) or segmentor state dict."""
-    prefix = "backbone." if segmentor else ""
+    return _renamed(state_dict, "backbone." if segmentor else "")
+
+
+def _renamed(state_dict: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """Official key names -> ours, the backbone's under ``prefix`` (where the model holds its GPViT)."""
 
     def rename(key: str) -> str:
         if key.startswith("backbone."):
@@ -90,18 +93,25 @@ def _checked(model: nn.Module) -> nn.Module:
 
 
 def _from_release(state: StateDict, model: nn.Module) -> tuple[StateDict, list[str]]:
-    """An official classifier or segmentor checkpoint -> ``model``: a segmentor takes the backbone
-    (and the heads, if the source has them); position embeddings are resampled bicubically, as mmcls
-    does, to the model's pre-training grid."""
-    backbone = part_of(model, GPViT, "gpvit", "GPViT models")
-    segmentor = isinstance(model, Segmentor)
-    converted, notes = from_official(state, segmentor=segmentor), []
-    if segmentor:
+    """An official classifier or segmentor checkpoint -> ``model``: a dense model (segmentor, or
+    detector with the GPViT in its adapter) takes the backbone (and a segmentor the heads, if the
+    source has them) and drops the ImageNet classifier, and the final norm where its GPViT has none
+    (the detection configs' ``final_norm=False``); position embeddings are resampled bicubically, as
+    mmcls does, to the model's pre-training grid."""
+    prefix, backbone = part_of(model, GPViT, "gpvit", "GPViT models")
+    converted, notes = _renamed(state, prefix), []
+    if prefix:
         classifier = [k for k in converted if k.startswith(("neck.", "head."))]
         if classifier:
             notes.append(f"dropped the ImageNet classifier's neck and head ({len(classifier)} tensors)")
-            converted = {k: v for k, v in converted.items() if k not in classifier}
-    key = "backbone.pos_embed" if segmentor else "pos_embed"
+        final_norm = [
+            k for k in converted if k.startswith(prefix + "norm.") and isinstance(backbone.norm, nn.Identity)
+        ]
+        if final_norm:
+            notes.append(f"dropped the final norm ln1 ({len(final_norm)} tensors): this GPViT has none")
+        dropped = {*classifier, *final_norm}
+        converted = {k: v for k, v in converted.items() if k not in dropped}
+    key = prefix + "pos_embed"
     if key in converted and converted[key].shape != backbone.pos_embed.shape:
         side = round(converted[key].shape[1] ** 0.5)
         converted[key] = resample_pos_embed(

@@ -8,7 +8,6 @@ from torch import nn
 from workbench.interop.formats import Format, StateDict, part_of
 from workbench.interop.keymap import KeyMap, rename_keys
 from workbench.models.hlg import HLG
-from workbench.models.segmentor import Segmentor
 
 # (workbench, released), applied in order: block4's ``norm1`` before every other ``norm1``, the
 # stage prefix (block1..4 -> stages.0..3) last.
@@ -38,22 +37,23 @@ RELEASED = KeyMap(
 
 
 def _from_released(state: StateDict, model: nn.Module) -> tuple[StateDict, list[str]]:
-    """Released backbone tensors -> an HLG classifier's keys, or a segmentor's backbone (no head)."""
-    part_of(model, HLG, "hlg", "HLG models")
+    """Released backbone tensors -> an HLG classifier's keys, or a dense model's backbone (a
+    segmentor's, or a detector's pyramid body) without the ImageNet head."""
+    prefix, _ = part_of(model, HLG, "hlg", "HLG models")
     converted = rename_keys(state, lambda key: RELEASED.to_ours(key.removeprefix("backbone.")))
-    if not isinstance(model, Segmentor):
+    if not prefix:
         return converted, []
     dropped = [k for k in converted if k.startswith("head.")]
     notes = ["dropped the ImageNet classifier head"] if dropped else []
-    return {"backbone." + k: v for k, v in converted.items() if k not in dropped}, notes
+    return {prefix + k: v for k, v in converted.items() if k not in dropped}, notes
 
 
 def _to_released(model: nn.Module) -> StateDict:
     """The HLG backbone (and a classifier's head) under the released names; the release has no
     segmentation heads, so a segmentor exports its backbone."""
-    backbone = part_of(model, HLG, "hlg", "HLG models")
-    prefix = "backbone." if backbone is not model else ""
-    return {prefix + RELEASED.to_theirs(k): v for k, v in backbone.state_dict().items()}
+    prefix, backbone = part_of(model, HLG, "hlg", "HLG models")
+    outer = "backbone." if prefix else ""
+    return {outer + RELEASED.to_theirs(k): v for k, v in backbone.state_dict().items()}
 
 
 HLG_RELEASE = Format(

@@ -20,7 +20,7 @@ from workbench.interop.checkpoint import EMA_WEIGHTS, is_checkpoint, weights_fil
 from workbench.interop.detection import MMDET_DETECTION
 from workbench.interop.download import resolve_source
 from workbench.interop.files import read_state_dict
-from workbench.interop.formats import StateDict
+from workbench.interop.formats import BACKBONE_PREFIXES, StateDict
 from workbench.interop.gpvit import GPVIT_RELEASE
 from workbench.interop.hlg import HLG_RELEASE
 from workbench.interop.vit import DEIT, JAX, MMSEG_SETR, SETR_OFFICIAL, TIMM
@@ -82,8 +82,10 @@ def load_pretrained(
     """Load ``source`` into ``model``; see ``LoadReport``.
 
     ``source`` is a path (a released file, or a workbench checkpoint / run folder), a URL or a
-    catalogue name; ``ema`` picks a workbench checkpoint's EMA weights. Backbone-only sources fill a
-    segmentor's backbone and keep its heads as initialised. A classifier whose class count differs is
+    catalogue name; ``ema`` picks a workbench checkpoint's EMA weights. Backbone-only sources (ImageNet
+    releases) fill a dense model's backbone, a segmentor's or a detector's, and keep the rest (heads,
+    a detector's adapter and FPN) as initialised (``kept``); what only a classifier has (its head, a
+    final norm the dense model lacks) is dropped and noted. A classifier whose class count differs is
     dropped (reported). Position embeddings are resampled to the model's grid. With ``strict``, any
     missing, unexpected or mis-shaped tensor (outside those documented cases) raises a ValueError
     whose text is the report, and nothing is loaded.
@@ -116,12 +118,7 @@ def load_pretrained(
                 f"{key}: source {tuple(value.shape)} vs model {tuple(expected[key].shape)}"
             )
     report.unexpected = sorted(k for k in converted if k not in expected)
-    covered = (
-        "backbone."
-        if not any(k.startswith(("decode_head.", "neck.", "head.")) for k in converted)
-        and hasattr(model, "decode_head")
-        else ""
-    )
+    covered = _covered(converted)
     absent = sorted(k for k in expected if k not in converted)
     new = [k for k in absent if fresh and fresh in f".{k}"]
     if new:
@@ -160,6 +157,13 @@ def _is_classifier(key: str) -> bool:
             r"(.*\.)?classifier\.(weight|bias)|head\.(weight|bias)|aux_heads\.\d+\.(weight|bias)", key
         )
     )
+
+
+def _covered(converted: StateDict) -> str:
+    """The part of the model a source fills: the backbone (the deepest of ``BACKBONE_PREFIXES`` that
+    holds all its tensors) for a backbone-only source, else all of it (``""``)."""
+    inside = [p for p in BACKBONE_PREFIXES if converted and all(k.startswith(p) for k in converted)]
+    return inside[-1] if inside else ""
 
 
 def _is_dropped_head(key: str, report: LoadReport) -> bool:

@@ -177,7 +177,7 @@ def encoder_from_timm(state: StateDict, encoder: nn.Module, notes: list[str]) ->
 
 
 def _setr(model: nn.Module, format_name: str) -> SETR:
-    return part_of(model, SETR, format_name, "SETR segmentors")
+    return part_of(model, SETR, format_name, "SETR segmentors")[1]
 
 
 def _from_timm(state: StateDict, model: nn.Module, format_name: str = "timm") -> tuple[StateDict, list[str]]:
