@@ -2,6 +2,7 @@
 
     python apps/app.py                                      # the demo model (trained once, cached)
     python apps/app.py --checkpoint runs/demo_gpvit         # a run folder or a converted checkpoint
+    python apps/app.py --checkpoint runs/demo_detection     # a detection run: its detections drawn, listed
     python apps/app.py --checkpoint gpvit_l1.pth --model gpvit_l1_upernet --num-classes 150
     python apps/app.py --host 0.0.0.0 --port 8080           # listen beyond this machine
 
@@ -9,9 +10,11 @@ Everything computed here is a library call (``workbench.Predictor``, ``workbench
 ``workbench.viz``); this file is layout and wiring. Each checkpoint is loaded once and its model shared
 by every user. A segmentation runs the backbone once (``Predictor.set_image``) and keeps the session
 (``Sessions``: bounded, keyed by the model and the file's bytes), so a click computes only that pixel's
-attention row. Model calls take the model's lock one at a time; the Gradio queue bounds how many
-requests run at once. API for ``gradio_client``: ``/label_map`` (image file -> labels) and ``/attention``
-(image file, y, x, layer, head -> that pixel's attention, a distribution over the image's pixels).
+attention row. A detection run (``DetectionPredictor``) shows its detections drawn and listed instead;
+the explain tabs apply to segmentors. Model calls take the model's lock one at a time; the Gradio queue
+bounds how many requests run at once. API for ``gradio_client``: ``/label_map`` (image file -> labels),
+``/attention`` (image file, y, x, layer, head -> that pixel's attention, a distribution over the
+image's pixels) and ``/detections`` (image file, score threshold -> label, score and box of each).
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ from workbench.data.classes import default_palette  # noqa: E402
 from workbench.data.demo import render_scene  # noqa: E402
 from workbench.data.examples import EXAMPLES_DIR, example_images  # noqa: E402
 from workbench.data.image import DecodedImage, open_image  # noqa: E402
+from workbench.engine.detection_predictor import DetectionPredictor, Detections  # noqa: E402
 from workbench.interop.checkpoint import is_checkpoint  # noqa: E402
 from workbench.viz.explorers import heat_overlay, mark_pixel  # noqa: E402
 from workbench.viz.groups import gp_sites  # noqa: E402
@@ -57,6 +61,8 @@ from workbench.viz.overlay import colorize, overlay  # noqa: E402
 from workbench.viz.summary import attention_distribution, class_areas, clicked_region  # noqa: E402
 
 MEAN = "mean"  # the head selector's "average over heads"
+SCORE_THRESHOLD = 0.3  # a detection run's default: detections scoring less are not shown
+SEGMENTATION_ONLY = "{} apply to segmentation models; the loaded model is a detector"
 IMAGE_HEIGHT = 360  # pixels on the page; images are scaled to fit, clicks map back to image pixels
 ATTRIBUTIONS = {  # method -> captum options that keep a CPU answer within tens of seconds
     "occlusion": lambda size: {  # an 8 x 8 grid of windows: 64 forward passes
@@ -89,14 +95,21 @@ class Loaded:
     """A predictor shared by every user, its lock (one model call at a time) and what loading said."""
 
     key: str
-    predictor: Predictor
+    predictor: Predictor | DetectionPredictor
     lock: threading.Lock
     report: str
 
+    @property
+    def detects(self) -> bool:
+        return isinstance(self.predictor, DetectionPredictor)
 
-def load_predictor(checkpoint: str, model: str = "", num_classes: int | None = None, **kwargs) -> Predictor:
-    """A Predictor for a run folder or checkpoint (``Predictor.from_checkpoint``), or for a released
-    file with the segmentor ``model`` and its class count (``Predictor.from_pretrained``)."""
+
+def load_predictor(
+    checkpoint: str, model: str = "", num_classes: int | None = None, **kwargs
+) -> Predictor | DetectionPredictor:
+    """A Predictor for a run folder or checkpoint (``Predictor.from_checkpoint``; a DetectionPredictor
+    for a detection run), or for a released file with the segmentor or detector ``model`` and its class
+    count (``Predictor.from_pretrained``)."""
     path = Path(checkpoint).expanduser()
     if not path.exists():
         raise ValueError(f"{checkpoint}: no such file or folder; expected a run folder or a checkpoint file")
@@ -104,8 +117,8 @@ def load_predictor(checkpoint: str, model: str = "", num_classes: int | None = N
         return Predictor.from_checkpoint(path, **kwargs)
     if not model or not num_classes:
         raise ValueError(
-            f"{checkpoint} is not a workbench checkpoint: give the segmentor it belongs to and its class "
-            "count (e.g. gpvit_l1_upernet, 150) to load it as a released checkpoint"
+            f"{checkpoint} is not a workbench checkpoint: give the segmentor or detector it belongs to and "
+            "its class count (e.g. gpvit_l1_upernet, 150) to load it as a released checkpoint"
         )
     return Predictor.from_pretrained(path, model, int(num_classes), **kwargs)
 
@@ -151,7 +164,8 @@ class Models:
 
 @dataclass
 class Entry:
-    """One image's explain session with a model: the image as read and its prediction."""
+    """One image with a model: the image as read and the predictor's explain session (its prediction),
+    or a detector's detections (every one the detector keeps: a threshold filters them later)."""
 
     decoded: DecodedImage
     session: Any
@@ -185,8 +199,11 @@ class Sessions:
         except ValueError as error:  # name the file as the user knows it, not by Gradio's upload folder
             raise ValueError(str(error).replace(str(path), Path(path).name)) from None
         with loaded.lock:
-            loaded.predictor.set_image(decoded.pixels)
-            entry = Entry(decoded, loaded.predictor.session)
+            if loaded.detects:
+                entry = Entry(decoded, loaded.predictor(decoded.pixels, score_threshold=0.0))
+            else:
+                loaded.predictor.set_image(decoded.pixels)
+                entry = Entry(decoded, loaded.predictor.session)
         with self._lock:
             self._entries[key] = entry
             while len(self._entries) > settings.sessions:
@@ -206,9 +223,12 @@ class Workbench:
         self.sessions = Sessions(settings)
         self.default = self.models.get(checkpoint, model, num_classes)
 
-    def query(self, key: str, path: str, ask):
-        """``ask(predictor, entry)`` on the session of ``path`` with model ``key``, under the model's lock."""
+    def query(self, key: str, path: str, ask, what: str = "attention maps"):
+        """``ask(predictor, entry)`` on the session of ``path`` with model ``key``, under the model's lock;
+        refused for a detector (``what`` the query gives)."""
         loaded = self.models.find(key)
+        if loaded.detects:
+            raise ValueError(SEGMENTATION_ONLY.format(what))
         entry = self.sessions.get(loaded, path)
         with loaded.lock:
             loaded.predictor.session = entry.session
@@ -216,6 +236,10 @@ class Workbench:
 
     def label_map(self, key: str, path: str) -> dict:
         loaded = self.models.find(key)
+        if loaded.detects:
+            raise ValueError(
+                "the model is a detector: /detections gives its boxes; label maps come from segmentors"
+            )
         entry = self.sessions.get(loaded, path)
         labels = entry.session.prediction.labels
         return {
@@ -226,6 +250,28 @@ class Workbench:
             "original_size": list(entry.decoded.size),
             "notes": list(entry.decoded.notes),
         }
+
+    def detections(self, key: str, path: str, score_threshold: float) -> tuple[Entry, Detections]:
+        """The image of ``path`` and its detections scoring at least ``score_threshold`` (a detector)."""
+        loaded = self.models.find(key)
+        if not loaded.detects:
+            raise ValueError(
+                "the model is a segmentor: /label_map gives its labels; detections come from detectors"
+            )
+        entry = self.sessions.get(loaded, path)
+        return entry, entry.session.above(score_threshold)
+
+    def detection_view(self, key: str, path: str, alpha: float, score_threshold: float):
+        """The main tab for a detector: the image with the detections drawn (masks at opacity ``alpha``),
+        a caption, and the table's rows (class, score, x1, y1, x2, y2)."""
+        entry, found = self.detections(key, path, score_threshold)
+        rows = [[item["label"], item["score"], *item["box"]] for item in found.to_json()]
+        height, width = entry.decoded.pixels.shape[:2]
+        notes = "".join(f"; {note}" for note in entry.decoded.notes)
+        text = (
+            f"{width}x{height} pixels — {len(rows)} detections scoring {score_threshold:.2f} or more{notes}"
+        )
+        return found.draw(entry.decoded.pixels, alpha), text, rows
 
     def attention(self, key: str, path: str, y: int, x: int, layer: str, head: str, rollout: bool = False):
         """Pixel (y, x)'s attention (H, W) on the image: rollout, through a GP block's groups at an
@@ -297,6 +343,7 @@ def _fail(error: Exception) -> gr.Error:
 
 def build_app(workbench: Workbench) -> gr.Blocks:
     examples = demo_examples()
+    detects = workbench.default.detects
     with gr.Blocks(title="ViT dense-prediction workbench", analytics_enabled=False) as app:
         model_key = gr.State(workbench.default.key)
         image_path = gr.State("")
@@ -321,7 +368,7 @@ def build_app(workbench: Workbench) -> gr.Blocks:
                     checkpoint = gr.Textbox(label="checkpoint (run folder, checkpoint or released file)")
                     with gr.Row():
                         model_name = gr.Textbox(
-                            label="segmentor, for a released file", placeholder="gpvit_l1_upernet"
+                            label="segmentor or detector, for a released file", placeholder="gpvit_l1_upernet"
                         )
                         num_classes = gr.Number(label="classes", precision=0, value=None)
                     load = gr.Button("load")
@@ -335,8 +382,20 @@ def build_app(workbench: Workbench) -> gr.Blocks:
                 )
                 legend = gr.HTML(elem_id="legend")
                 areas = gr.Dataframe(
-                    headers=["class", "pixels", "area %"], label="area per class", interactive=False
+                    headers=["class", "pixels", "area %"],
+                    label="area per class",
+                    interactive=False,
+                    visible=not detects,
+                    elem_id="areas",
                 )
+                with gr.Column(visible=detects, elem_id="detection-panel") as detection_panel:
+                    threshold = gr.Slider(0.0, 1.0, value=SCORE_THRESHOLD, step=0.05, label="score threshold")
+                    detection_table = gr.Dataframe(
+                        headers=["class", "score", "x1", "y1", "x2", "y2"],
+                        label="detections",
+                        interactive=False,
+                        elem_id="detections",
+                    )
         with gr.Tabs():
             with gr.Tab("attention", id="attention"):
                 with gr.Row():
@@ -356,32 +415,49 @@ def build_app(workbench: Workbench) -> gr.Blocks:
                         format="png",
                         elem_id="effective-map",
                     )
-                groups_text = gr.Markdown()
+                groups_text = gr.Markdown(elem_id="groups-text")
             with gr.Tab("attribution", id="attribution"):
                 method = gr.Radio(list(ATTRIBUTIONS), value="occlusion", label="captum method")
                 attribute_button = gr.Button("attribute the clicked pixel's class over its region")
                 attribution_image = gr.Image(label="attribution (signed)", format="png", height=IMAGE_HEIGHT)
                 attribution_text = gr.Markdown()
 
-        def segment(key, path, alpha):
-            if not path:
-                return [
-                    None,
-                    "",
-                    None,
-                    "",
-                    "",
-                    None,
-                    gr.update(choices=[]),
-                    gr.update(),
-                    gr.update(),
-                    gr.update(choices=[]),
-                    None,
-                    None,
-                    None,
-                ]
+        def segment(key, path, alpha, score_threshold):
+            """The main tab for a new image or model (a dict: component -> value); clicks are reset."""
             try:
                 loaded = workbench.models.find(key)
+            except ValueError as error:
+                raise _fail(error) from None
+            shown = {
+                segmentation: None,
+                legend: "",
+                areas: gr.update(value=None, visible=not loaded.detects),
+                detection_panel: gr.update(visible=loaded.detects),
+                detection_table: None,
+                notice: "",
+                image_path: path or "",
+                clicked: None,
+                layer: gr.update(choices=[], value=None),
+                head: gr.update(choices=[MEAN], value=MEAN),
+                rollout: gr.update(value=False, interactive=False),
+                block: gr.update(choices=[], value=None),
+                groups_image: None,
+                effective_image: None,
+                groups_text: "",
+                attention_image: None,
+                click_text: "",
+            }
+            if not path:
+                return shown
+            if loaded.detects:
+                drawn, text, rows = detections_view(key, path, alpha, score_threshold)
+                return shown | {
+                    segmentation: drawn,
+                    notice: text,
+                    detection_table: rows,
+                    groups_text: SEGMENTATION_ONLY.format("GP groups"),
+                }
+            try:
                 entry = workbench.sessions.get(loaded, path)
                 with loaded.lock:
                     predictor = loaded.predictor
@@ -394,25 +470,35 @@ def build_app(workbench: Workbench) -> gr.Blocks:
             found = class_areas(entry.session.prediction.labels, loaded.predictor.classes)
             height, width = entry.decoded.pixels.shape[:2]
             notes = "; ".join(entry.decoded.notes)
-            text = f"{width}x{height} pixels" + (f" — {notes}" if notes else "")
             groups = (
                 groups_view(key, path, blocks[0], None)
                 if blocks
                 else (None, None, "no GP blocks: not a GPViT")
             )
-            return [
-                entry.session.prediction.overlay(entry.decoded.pixels, alpha),
-                legend_html(found),
-                [[area.name, area.pixels, round(area.percent, 2)] for area in found],
-                text,
-                path,
-                None,
-                gr.update(choices=sites, value=sites[-1] if sites else None),
-                gr.update(choices=heads, value=MEAN),
-                gr.update(value=False, interactive=roll),
-                gr.update(choices=blocks, value=blocks[0] if blocks else None),
-                *groups,
-            ]
+            return shown | {
+                segmentation: entry.session.prediction.overlay(entry.decoded.pixels, alpha),
+                legend: legend_html(found),
+                areas: gr.update(
+                    value=[[a.name, a.pixels, round(a.percent, 2)] for a in found], visible=True
+                ),
+                notice: f"{width}x{height} pixels" + (f" — {notes}" if notes else ""),
+                layer: gr.update(choices=sites, value=sites[-1] if sites else None),
+                head: gr.update(choices=heads, value=MEAN),
+                rollout: gr.update(value=False, interactive=roll),
+                block: gr.update(choices=blocks, value=blocks[0] if blocks else None),
+                **dict(zip((groups_image, effective_image, groups_text), groups, strict=True)),
+            }
+
+        def detections_view(key, path, alpha, score_threshold):
+            try:
+                return workbench.detection_view(key, path, alpha, score_threshold)
+            except (ValueError, OSError) as error:
+                raise _fail(error) from None
+
+        def on_threshold(key, path, alpha, score_threshold):
+            if not path:
+                return None, "", None
+            return detections_view(key, path, alpha, score_threshold)
 
         def groups_view(key, path, gp_block, pixel):
             def ask(predictor, entry):
@@ -427,7 +513,7 @@ def build_app(workbench: Workbench) -> gr.Blocks:
                 used = len(np.unique(assignment))
                 return coloured, effective, f"{gp_block}: {used} groups hold pixels"
 
-            return workbench.query(key, path, ask)
+            return workbench.query(key, path, ask, what="GP groups")
 
         def attention_view(key, path, pixel, name, head_value, roll):
             if not path or pixel is None:
@@ -445,6 +531,8 @@ def build_app(workbench: Workbench) -> gr.Blocks:
         def on_click(key, path, name, head_value, roll, gp_block, evt: gr.SelectData):
             if not path:
                 raise gr.Error("no image: upload one or pick an example")
+            if workbench.models.find(key).detects:
+                return None, None, SEGMENTATION_ONLY.format("attention maps"), None
             x, y = (int(v) for v in evt.index[:2])
             pixel = (y, x)
             heat, text = attention_view(key, path, pixel, name, head_value, roll)
@@ -464,13 +552,17 @@ def build_app(workbench: Workbench) -> gr.Blocks:
                 return None, None, ""
             return groups_view(key, path, gp_block, pixel)
 
-        def on_opacity(key, path, alpha):
+        def on_opacity(key, path, alpha, score_threshold):
             if not path:
                 return None
+            if workbench.models.find(key).detects:
+                return detections_view(key, path, alpha, score_threshold)[0]
             entry = workbench.sessions.get(workbench.models.find(key), path)
             return entry.session.prediction.overlay(entry.decoded.pixels, alpha)
 
         def on_attribute(key, path, pixel, chosen, progress=gr.Progress()):  # noqa: B008 (Gradio's idiom)
+            if workbench.models.find(key).detects:
+                return None, SEGMENTATION_ONLY.format("attributions")
             if not path or pixel is None:
                 raise gr.Error("click a pixel first: its class over its region is attributed")
 
@@ -508,12 +600,19 @@ def build_app(workbench: Workbench) -> gr.Blocks:
         def pick_example(evt: gr.SelectData):
             return examples[evt.index][0]
 
-        segmented = [segmentation, legend, areas, notice, image_path, clicked, layer, head, rollout, block]
-        segmented += [groups_image, effective_image, groups_text]
+        segmented = [segmentation, legend, areas, detection_panel, detection_table, notice, image_path]
+        segmented += [clicked, layer, head, rollout, block, groups_image, effective_image, groups_text]
+        segmented += [attention_image, click_text]
         ui = {"api_visibility": "private"}
-        upload.change(segment, [model_key, upload, opacity], segmented, **ui)
+        upload.change(segment, [model_key, upload, opacity, threshold], segmented, **ui)
         gallery.select(pick_example, None, upload, **ui)
-        opacity.release(on_opacity, [model_key, image_path, opacity], segmentation, **ui)
+        opacity.release(on_opacity, [model_key, image_path, opacity, threshold], segmentation, **ui)
+        threshold.release(
+            on_threshold,
+            [model_key, image_path, opacity, threshold],
+            [segmentation, notice, detection_table],
+            **ui,
+        )
         segmentation.select(
             on_click,
             [model_key, image_path, layer, head, rollout, block],
@@ -547,13 +646,14 @@ def build_app(workbench: Workbench) -> gr.Blocks:
         )
         load.click(
             on_load, [checkpoint, model_name, num_classes, image_path], [model_key, report], **ui
-        ).then(segment, [model_key, image_path, opacity], segmented, **ui)
+        ).then(segment, [model_key, image_path, opacity, threshold], segmented, **ui)
         add_api(app, workbench)
     return app
 
 
 def add_api(app: gr.Blocks, workbench: Workbench) -> None:
-    """``/label_map`` and ``/attention`` for ``gradio_client`` (hidden components; the demo model)."""
+    """``/label_map``, ``/attention`` and ``/detections`` for ``gradio_client`` (hidden components; the
+    model the app started with). Each refuses the other kind of model in one line."""
 
     def label_map(path: str) -> dict:
         try:
@@ -575,14 +675,31 @@ def add_api(app: gr.Blocks, workbench: Workbench) -> None:
             "width": distribution.shape[1],
         }
 
+    def detections(path: str, score_threshold: float) -> dict:
+        """Label, score and box (x1, y1, x2, y2 in the image's pixels, as ``height``/``width`` say) of
+        each detection scoring at least ``score_threshold``."""
+        try:
+            entry, found = workbench.detections(workbench.default.key, path, float(score_threshold))
+        except (ValueError, OSError) as error:
+            raise _fail(error) from None
+        return {
+            "detections": found.to_json(),
+            "height": int(entry.decoded.pixels.shape[0]),
+            "width": int(entry.decoded.pixels.shape[1]),
+            "original_size": list(entry.decoded.size),
+            "notes": list(entry.decoded.notes),
+        }
+
     with gr.Row(visible=False):
         image = gr.File(type="filepath")
         y, x = gr.Number(precision=0), gr.Number(precision=0)
         layer, head = gr.Textbox(), gr.Textbox()
+        score_threshold = gr.Number(value=SCORE_THRESHOLD)
         result = gr.JSON()
-        run_label_map, run_attention = gr.Button(), gr.Button()
+        run_label_map, run_attention, run_detections = gr.Button(), gr.Button(), gr.Button()
     run_label_map.click(label_map, image, result, api_name="label_map")
     run_attention.click(attention, [image, y, x, layer, head], result, api_name="attention")
+    run_detections.click(detections, [image, score_threshold], result, api_name="detections")
 
 
 # ----------------------------------------------------------------------------- serving

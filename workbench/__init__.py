@@ -1,13 +1,14 @@
 """A research workbench for vision transformers that do dense prediction: SETR, HLG and GPViT."""
 
 from workbench import viz
-from workbench.engine import Predictor, train
+from workbench.engine import DetectionPredictor, Predictor, train
 from workbench.interop import load_pretrained
 from workbench.models import Segmentor, create_segmentor, list_models
 from workbench.models.detection import create_detector, list_detectors
 
 __version__ = "0.1.0"
 __all__ = [
+    "DetectionPredictor",
     "Predictor",
     "Segmentor",
     "__version__",

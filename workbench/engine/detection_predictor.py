@@ -1,11 +1,13 @@
 """Detection on single images, for notebooks, ``workbench predict`` and the app.
 
-    predictor = DetectionPredictor.from_checkpoint(run_folder)   # a detection run
+    predictor = Predictor.from_checkpoint(run_folder)            # a detection run: a DetectionPredictor
     detections = predictor(photo)                                # boxes, labels, scores, masks
     Image.fromarray(detections.draw(photo)).save("detections.png")
+    detections.above(0.5).to_json()                              # [{"label", "score", "box"}, ...]
 
 Images go through the one image reader (``read_image``); the detector resizes them itself (its
-``min_size`` / ``max_size``) and returns boxes and masks in image pixels.
+``min_size`` / ``max_size``) and returns boxes and masks in image pixels. Device and precision are
+the segmentation ``Predictor``'s settings (``resolve_device``, ``workbench.engine.precision``).
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from torch import nn
 from workbench.data.classes import Classes, default_palette
 from workbench.data.image import ImageSource, read_image
 from workbench.engine.precision import autocast, resolve_precision
+from workbench.engine.predictor import resolve_device
+from workbench.models.detection.detectors import DetectorMixin
 
 
 @dataclass
@@ -37,6 +41,12 @@ class Detections:
 
     def names(self) -> list[str]:
         return [self.classes.names[label] for label in self.labels]
+
+    def above(self, score_threshold: float) -> Detections:
+        """The detections scoring at least ``score_threshold``."""
+        keep = self.scores >= score_threshold
+        masks = None if self.masks is None else self.masks[keep]
+        return Detections(self.boxes[keep], self.labels[keep], self.scores[keep], masks, self.classes)
 
     def to_json(self) -> list[dict[str, Any]]:
         """One entry per detection: class, score, box (masks are left to the drawing)."""
@@ -61,8 +71,22 @@ class Detections:
         return np.asarray(drawn)
 
 
+def is_detector(model: nn.Module) -> bool:
+    """True for the workbench's detectors (``create_detector``: Mask R-CNN, RetinaNet)."""
+    return isinstance(model, DetectorMixin)
+
+
 class DetectionPredictor:
-    """Single-image inference with a detector (``workbench.create_detector`` or a detection run)."""
+    """Single-image inference with a detector (``workbench.create_detector`` or a detection run).
+
+    Args:
+        model: a detector from ``create_detector`` (labels 1..``num_classes``, 0 the background).
+        classes: names and palette, the background first; numbered classes when absent or of another count.
+        device: "cpu", "cuda" (refused without a GPU), or None for the GPU when there is one.
+        precision: "fp32" (the default), "bf16", "fp16" or "auto" (``workbench.engine.precision``).
+        score_threshold: detections scoring less are left out (a call can ask for another); the
+            detector's own ``box_score_thresh`` / ``score_thresh`` (0.05) has applied before.
+    """
 
     def __init__(
         self,
@@ -72,9 +96,9 @@ class DetectionPredictor:
         precision: str = "fp32",
         score_threshold: float = 0.3,
     ) -> None:
-        if not hasattr(model, "roi_heads") and not hasattr(model, "head"):
+        if not is_detector(model):
             raise ValueError(f"expected a detector (Mask R-CNN or RetinaNet), got {type(model).__name__}")
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
         self.model = model.to(self.device).eval()
         self.num_classes = model.num_classes
@@ -83,31 +107,64 @@ class DetectionPredictor:
             classes = Classes(names, default_palette(self.num_classes + 1))
         self.classes = classes
         self.score_threshold = score_threshold
-        self.load_report = None
+        self.load_report = None  # the LoadReport of the weights, set by from_checkpoint / from_pretrained
 
     @classmethod
     def from_checkpoint(
-        cls, path: str | Path, device: torch.device | str | None = None, ema: bool = False, **options: Any
+        cls,
+        path: str | Path,
+        device: torch.device | str | None = None,
+        ema: bool = False,
+        precision: str = "fp32",
+        score_threshold: float = 0.3,
     ) -> DetectionPredictor:
-        """A predictor for a detection run folder or checkpoint."""
+        """A predictor for a detection run folder or checkpoint (``task: detection``)."""
         from workbench.build import build_model, classes_of
         from workbench.interop import load_weights
         from workbench.interop.checkpoint import checkpoint_config
 
         cfg = checkpoint_config(path)
+        if cfg.task != "detection":
+            raise ValueError(f"{path} is a {cfg.task} run, not a detection run: use workbench.Predictor")
         model = build_model(cfg)
         report = load_weights(model, path, ema=ema)
-        predictor = cls(model, classes_of(cfg), device, **options)
+        predictor = cls(model, classes_of(cfg), device, precision, score_threshold)
+        predictor.load_report = report
+        return predictor
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        source: str | Path,
+        model: str,
+        num_classes: int,
+        device: torch.device | str | None = None,
+        precision: str = "fp32",
+        score_threshold: float = 0.3,
+        **model_kwargs: Any,
+    ) -> DetectionPredictor:
+        """A predictor for a released detector checkpoint (the mmdet layout of GPViT's and HLG's
+        releases): the registered detector ``model`` built for ``num_classes`` foreground classes and
+        filled by ``load_pretrained(source)`` (strict; its report in ``load_report``); numbered classes."""
+        from workbench.interop import load_pretrained
+        from workbench.models.detection import create_detector
+
+        detector = create_detector(model, num_classes=num_classes, **model_kwargs)
+        report = load_pretrained(detector, source)
+        predictor = cls(detector, device=device, precision=precision, score_threshold=score_threshold)
         predictor.load_report = report
         return predictor
 
     @torch.no_grad()
-    def __call__(self, source: ImageSource) -> Detections:
+    def __call__(self, source: ImageSource, score_threshold: float | None = None) -> Detections:
+        """Detect in one image (a path, PIL image or array; any mode the image reader takes), keeping
+        the detections scoring at least ``score_threshold`` (None: the predictor's own)."""
         pixels = read_image(source)
         image = torch.from_numpy(pixels.copy()).permute(2, 0, 1).float().div(255).to(self.device)
         with autocast(self.precision, self.device):
             found = self.model([image])[0]
-        keep = found["scores"] >= self.score_threshold
+        threshold = self.score_threshold if score_threshold is None else score_threshold
+        keep = found["scores"] >= threshold  # before the masks leave the device: (N, H, W) each
         masks = found["masks"][keep, 0].float().cpu().numpy() > 0.5 if "masks" in found else None
         return Detections(
             found["boxes"][keep].float().cpu().numpy(),

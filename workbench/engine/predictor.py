@@ -12,12 +12,15 @@ evaluation's own preprocessing (``EvalTransform``: the recipe's test scale, the 
 inference (``predict_probs``: whole / sliding window, scales, flips). The canonical view the queries
 read is the image at the test scale, whole, unflipped; image pixels map to it and back through
 ``View`` and tokens through ``TokenGrid`` (``workbench.models.explain``), the one place for every family.
+Detectors have their own predictor (``workbench.engine.detection_predictor.DetectionPredictor``, the
+same image reader and precision setting): ``Predictor.from_checkpoint`` gives one for a detection run.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -29,11 +32,15 @@ from workbench.data.image import ImageSource, read_image
 from workbench.data.transforms import EvalTransform
 from workbench.engine.evaluate import forward_padded, predict_probs
 from workbench.engine.precision import autocast, resolve_precision, use_channels_last
+from workbench.models.detection.detectors import DetectorMixin
 from workbench.models.explain import CachedAttention, View
 from workbench.viz import groups as gp_groups
 from workbench.viz.overlay import colorize, overlay
 from workbench.viz.record import capture, select_sites
 from workbench.viz.rollout import rollout_at as rollout
+
+if TYPE_CHECKING:
+    from workbench.engine.detection_predictor import DetectionPredictor
 
 
 @dataclass
@@ -53,7 +60,8 @@ class Prediction:
         return overlay(image, self.colorize(), alpha)
 
 
-def _device(device: torch.device | str | None) -> torch.device:
+def resolve_device(device: torch.device | str | None) -> torch.device:
+    """``device`` checked ("cpu", "cuda", "cuda:N"; CUDA refused without a GPU), None: the GPU if any."""
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -79,7 +87,8 @@ class Predictor:
     """Single-image inference and explain queries for notebooks, the CLI and the app.
 
     Args:
-        model: a segmentor (``model(images)`` gives (B, K, H, W) logits) with ``num_classes``.
+        model: a segmentor (``model(images)`` gives (B, K, H, W) logits) with ``num_classes``; a
+            detector is refused (``DetectionPredictor`` serves those).
         eval_cfg: whole / sliding-window inference, scales and flips (default: whole, one scale).
         classes: names and palette; numbered classes when absent or of another count.
         transform: the evaluation preprocessing (default: no resize, the model's mean/std).
@@ -101,9 +110,14 @@ class Predictor:
         precision: str = "fp32",
         channels_last: bool = True,
     ) -> None:
+        if isinstance(model, DetectorMixin):
+            raise ValueError(
+                f"{type(model).__name__} is a detector: use DetectionPredictor "
+                "(workbench.engine.detection_predictor), or Predictor.from_checkpoint on its run"
+            )
         if not isinstance(getattr(model, "num_classes", None), int):
             raise ValueError(f"expected a segmentor with num_classes, got {type(model).__name__}")
-        self.device = _device(device)
+        self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
         self.model = model.to(self.device).eval()
         self.channels_last = use_channels_last(self.model, channels_last)
@@ -124,13 +138,18 @@ class Predictor:
         ema: bool = False,
         precision: str = "fp32",
         channels_last: bool = True,
-    ) -> Predictor:
-        """A Predictor for a run folder or checkpoint, with its recipe's test scale and inference."""
+    ) -> Predictor | DetectionPredictor:
+        """A Predictor for a run folder or checkpoint, with its recipe's test scale and inference; a
+        detection run (``task: detection``) gives a DetectionPredictor (same device, EMA and precision
+        settings; ``channels_last`` does not apply to it)."""
         from workbench.build import build_model, classes_of, eval_transform
+        from workbench.engine.detection_predictor import DetectionPredictor
         from workbench.interop import load_weights
         from workbench.interop.checkpoint import checkpoint_config
 
         cfg = checkpoint_config(path)
+        if cfg.task == "detection":
+            return DetectionPredictor.from_checkpoint(path, device, ema, precision)
         model = build_model(cfg)
         report = load_weights(model, path, ema=ema)
         predictor = cls(
@@ -149,13 +168,21 @@ class Predictor:
         precision: str = "fp32",
         channels_last: bool = True,
         **model_kwargs,
-    ) -> Predictor:
+    ) -> Predictor | DetectionPredictor:
         """A Predictor for a released checkpoint without a workbench config (official GPViT / SETR /
         mmseg / HLG files): the registered segmentor ``model`` built for ``num_classes`` and filled by
         ``load_pretrained(source)`` (strict; its report in ``load_report``). Whole-image inference
-        with the model's own mean/std; numbered classes."""
+        with the model's own mean/std; numbered classes. A registered detector's name (mmdet-layout
+        releases, ``num_classes`` foreground classes) gives a DetectionPredictor."""
+        from workbench.engine.detection_predictor import DetectionPredictor
         from workbench.interop import load_pretrained
         from workbench.models import create_segmentor
+        from workbench.models.detection import list_detectors
+
+        if model in list_detectors():
+            return DetectionPredictor.from_pretrained(
+                source, model, num_classes, device, precision, **model_kwargs
+            )
 
         segmentor = create_segmentor(model, num_classes=num_classes, **model_kwargs)
         report = load_pretrained(segmentor, source)
