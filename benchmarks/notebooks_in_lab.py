@@ -52,16 +52,27 @@ def _wait_for(url: str, seconds: float) -> None:
     raise TimeoutError(f"{url} did not answer within {seconds:.0f} s")
 
 
-def _code_cells(notebook: Path) -> int:
-    return sum(cell.cell_type == "code" for cell in nbformat.read(notebook, as_version=4).cells)
+def _get_json(url: str, token: str) -> object:
+    with urllib.request.urlopen(f"{url}?token={token}", timeout=30) as response:
+        return json.load(response)
+
+
+def _kernel_of(base: str, token: str, path: str) -> str:
+    """The id of the kernel JupyterLab started for the notebook at ``path``."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        for session in _get_json(f"{base}/api/sessions", token):
+            if session["path"] == path and session.get("kernel"):
+                return session["kernel"]["id"]
+        time.sleep(0.5)
+    raise TimeoutError(f"no kernel for {path}")
 
 
 def run_one(page, base: str, token: str, folder: Path, name: str, timeout_s: float) -> dict:
     """Open ``name`` in JupyterLab, Run All Cells, wait for every code cell's execution count, save."""
     path = folder / f"{name}.ipynb"
-    cells = _code_cells(path)
-    page.goto(f"{base}/lab/tree/{name}.ipynb?token={token}")
-    page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=120_000)
+    page.goto(f"{base}/lab/tree/{name}.ipynb?reset&token={token}")  # reset: no earlier tabs reopened
+    page.wait_for_selector(".jp-Notebook .jp-Cell", state="attached", timeout=120_000)
     page.wait_for_function(  # the kernel is up and idle
         "() => [...document.querySelectorAll('.jp-Notebook-ExecutionIndicator, .jp-StatusBar-TextItem')]"
         ".some(e => /Idle/.test(e.getAttribute('data-status') || e.textContent || ''))",
@@ -70,14 +81,22 @@ def run_one(page, base: str, token: str, folder: Path, name: str, timeout_s: flo
     page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
     start = time.perf_counter()
     page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
-    done_js = (
-        "n => { const p = [...document.querySelectorAll('.jp-Notebook .jp-CodeCell .jp-InputPrompt')]"
-        ".map(e => e.textContent.trim()); return p.length >= n && p.every(t => /^\\[\\d+\\]:$/.test(t)); }"
-    )
-    page.wait_for_function(done_js, arg=cells, timeout=timeout_s * 1000, polling=500)
-    seconds = time.perf_counter() - start
-    page.keyboard.press("Control+s")
-    time.sleep(2)
+    kernel = _kernel_of(base, token, f"{name}.ipynb")
+    deadline = time.monotonic() + timeout_s
+    while True:  # the kernel idle, and the saved notebook executed to the end or stopped at an error
+        time.sleep(1)
+        if time.monotonic() > deadline:
+            page.screenshot(path=f"{name}.timeout.png")  # what the page showed, beside the caller
+            raise TimeoutError(f"{name} did not finish within {timeout_s:.0f} s")
+        if _get_json(f"{base}/api/kernels/{kernel}", token)["execution_state"] != "idle":
+            continue
+        seconds = time.perf_counter() - start
+        page.keyboard.press("Control+s")
+        time.sleep(1.5)
+        cells = [cell for cell in nbformat.read(path, as_version=4).cells if cell.cell_type == "code"]
+        failed = any(output.output_type == "error" for cell in cells for output in cell.get("outputs", []))
+        if failed or all(cell.execution_count is not None for cell in cells):
+            break
     executed = nbformat.read(path, as_version=4)
     errors = [
         f"cell {index}: {output.get('ename')}: {output.get('evalue')}"
@@ -142,10 +161,7 @@ def main() -> int:
                 results.append(result)
                 print(json.dumps(result), flush=True)
                 # Shut the notebook's kernel down before the next one (its memory, its threads).
-                request = urllib.request.Request(f"{base}/api/sessions?token={token}")
-                with urllib.request.urlopen(request, timeout=30) as response:
-                    sessions = json.load(response)
-                for session in sessions:
+                for session in _get_json(f"{base}/api/sessions", token):
                     kill = urllib.request.Request(
                         f"{base}/api/sessions/{session['id']}?token={token}", method="DELETE"
                     )
@@ -158,6 +174,7 @@ def main() -> int:
         args.keep.mkdir(parents=True, exist_ok=True)
         for name in names:
             shutil.copy(folder / f"{name}.ipynb", args.keep)
+    shutil.rmtree(folder)
     print("\n| notebook | seconds | errors |\n|---|---:|---|")
     for result in results:
         print(f"| {result['name']} | {result['seconds']:.0f} | {'; '.join(result['errors']) or 'none'} |")
