@@ -11,8 +11,9 @@ import pytest
 import torch
 
 import workbench
+from tests.tiny import tiny_detection_config
 from workbench.cli import main
-from workbench.config import Config, DataConfig, ModelConfig, OptimConfig, ScheduleConfig
+from workbench.config import ScheduleConfig
 from workbench.data.classes import DEMO
 from workbench.data.coco import collate_detection
 from workbench.data.demo_detection import DemoDetection, ensure_demo_detection_set
@@ -237,20 +238,7 @@ def test_step_schedule_with_warm_up():
 
 
 def test_train_loop_trains_evaluates_and_resumes_a_detector(tmp_path):
-    info = detector_info("gpvit_l1_retinanet")
-    cfg = Config(
-        task="detection",
-        model=ModelConfig("gpvit_l1_retinanet", dict(info.tiny)),
-        data=DataConfig(
-            dataset="demo_detection", demo_size=64, demo_train=8, demo_val=4, batch_size=2, num_workers=0
-        ),
-        optim=OptimConfig(lr=1e-3, weight_decay=0.05, head_lr_mult=1.0),
-        schedule=ScheduleConfig(policy="step", steps=(2,), warmup_iters=1),
-        iters=2,
-        amp="fp32",
-        log_interval=1,
-        work_dir=str(tmp_path / "run"),
-    )
+    cfg = tiny_detection_config("gpvit_l1_retinanet", tmp_path / "run")
     result = train(cfg, progress=False)
     assert result["step"] == 2 and math.isfinite(result["losses"]["loss"])
     assert {"bbox_mAP", "bbox_mAP_50", "per_category"} <= set(result["metrics"])

@@ -24,9 +24,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from workbench.config import Config, DataConfig, ModelConfig, OptimConfig, ScheduleConfig, save_config
+from tests.tiny import tiny_detection_config
+from workbench.config import save_config
 from workbench.engine import train
-from workbench.models.detection import detector_info
 
 
 def _free_port() -> int:
@@ -49,20 +49,7 @@ def _torchrun(config, *overrides: str) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize("name", ["gpvit_l1_maskrcnn", "hlg_small_retinanet"])
 def test_a_detector_trains_evaluates_and_resumes_on_two_processes(name, tmp_path):
     work_dir = tmp_path / "run"
-    cfg = Config(
-        task="detection",
-        model=ModelConfig(name, dict(detector_info(name).tiny)),
-        data=DataConfig(
-            dataset="demo_detection", demo_size=64, demo_train=8, demo_val=4, batch_size=2, num_workers=0
-        ),
-        optim=OptimConfig(lr=1e-3, weight_decay=0.05, head_lr_mult=1.0),
-        schedule=ScheduleConfig(policy="step", steps=(2,), warmup_iters=1),
-        iters=3,
-        amp="fp32",
-        log_interval=1,
-        checkpoint_interval=1,
-        work_dir=str(work_dir),
-    )
+    cfg = tiny_detection_config(name, work_dir, iters=3, checkpoint_interval=1)
     cfg.eval.interval = 3
     save_config(cfg, tmp_path / "config.yaml")
     done = _torchrun(tmp_path / "config.yaml")

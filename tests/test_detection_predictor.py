@@ -11,8 +11,8 @@ import pytest
 import timm
 import torch
 
+from tests.tiny import tiny_detection_config
 from workbench import Predictor, create_detector
-from workbench.config import Config, DataConfig, ModelConfig, OptimConfig, ScheduleConfig
 from workbench.data.classes import DEMO
 from workbench.data.demo_detection import ensure_demo_detection_set
 from workbench.data.image import read_image
@@ -31,19 +31,7 @@ TINY = detector_info(DETECTOR).tiny
 def tiny_detection_run(folder: Path) -> Path:
     """A tiny Mask R-CNN trained for one step on the 64-pixel demo detection set: a real run folder.
     Its six-way class scores are still near 1/6, above the detector's 0.05: it finds many boxes."""
-    cfg = Config(
-        task="detection",
-        model=ModelConfig(DETECTOR, dict(TINY)),
-        data=DataConfig(
-            dataset="demo_detection", demo_size=64, demo_train=8, demo_val=4, batch_size=2, num_workers=0
-        ),
-        optim=OptimConfig(lr=1e-3, weight_decay=0.05, head_lr_mult=1.0),
-        schedule=ScheduleConfig(policy="step", steps=(1,), warmup_iters=0),
-        iters=1,
-        amp="fp32",
-        log_interval=1,
-        work_dir=str(folder),
-    )
+    cfg = tiny_detection_config(DETECTOR, folder, iters=1, steps=(1,), warmup_iters=0)
     train(cfg, progress=False)
     return folder
 

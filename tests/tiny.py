@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import timm
 
+from workbench.config import Config, DataConfig, ModelConfig, OptimConfig, ScheduleConfig
 from workbench.models import model_info
+from workbench.models.detection import detector_info
 
 
 def tiny(name: str, num_classes: int = 5, **overrides):
@@ -38,3 +42,29 @@ def tiny_setr_hlg(num_classes: int = 5, **overrides):
 
 TINY_GPVIT = model_info("gpvit_l1").tiny
 TINY_HLG = model_info("hlg_tiny").tiny
+
+
+def tiny_detection_config(
+    name: str,
+    work_dir: str | Path,
+    iters: int = 2,
+    steps: tuple[int, ...] = (2,),
+    warmup_iters: int = 1,
+    **fields,
+) -> Config:
+    """A run of detector ``name`` (its tiny settings) on the 64-pixel demo detection set (8 training and
+    4 validation images, batch 2) for ``iters`` steps of a step schedule; ``fields`` set other fields."""
+    return Config(
+        task="detection",
+        model=ModelConfig(name, dict(detector_info(name).tiny)),
+        data=DataConfig(
+            dataset="demo_detection", demo_size=64, demo_train=8, demo_val=4, batch_size=2, num_workers=0
+        ),
+        optim=OptimConfig(lr=1e-3, weight_decay=0.05, head_lr_mult=1.0),
+        schedule=ScheduleConfig(policy="step", steps=steps, warmup_iters=warmup_iters),
+        iters=iters,
+        amp="fp32",
+        log_interval=1,
+        work_dir=str(work_dir),
+        **fields,
+    )

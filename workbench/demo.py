@@ -12,9 +12,9 @@ from workbench.build import build_datasets, build_model, classes_of, eval_transf
 from workbench.cache import cache_dir
 from workbench.config import load_config, to_dict
 from workbench.engine import Predictor, train
+from workbench.engine.predictor import load_run
 from workbench.engine.tasks import task_of
-from workbench.interop import load_weights
-from workbench.interop.checkpoint import checkpoint_config, latest_checkpoint, load_state
+from workbench.interop.checkpoint import latest_checkpoint, load_state
 
 
 def demo_checkpoint(config: str | Path = "demo_gpvit", retrain: bool = False) -> Path:
@@ -36,9 +36,7 @@ def demo_checkpoint(config: str | Path = "demo_gpvit", retrain: bool = False) ->
 
 
 def demo_metrics(checkpoint: str | Path) -> dict:
-    cfg = checkpoint_config(checkpoint)
-    model = build_model(cfg)
-    load_weights(model, checkpoint)
+    cfg, model, _ = load_run(checkpoint)
     _, val_set = build_datasets(cfg)
     return task_of(cfg).evaluate(cfg, model, val_set)
 

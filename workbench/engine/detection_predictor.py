@@ -119,15 +119,14 @@ class DetectionPredictor:
         score_threshold: float = 0.3,
     ) -> DetectionPredictor:
         """A predictor for a detection run folder or checkpoint (``task: detection``)."""
-        from workbench.build import build_model, classes_of
-        from workbench.interop import load_weights
+        from workbench.build import classes_of
+        from workbench.engine.predictor import load_run
         from workbench.interop.checkpoint import checkpoint_config
 
-        cfg = checkpoint_config(path)
-        if cfg.task != "detection":
-            raise ValueError(f"{path} is a {cfg.task} run, not a detection run: use workbench.Predictor")
-        model = build_model(cfg)
-        report = load_weights(model, path, ema=ema)
+        task = checkpoint_config(path).task
+        if task != "detection":
+            raise ValueError(f"{path} is a {task} run, not a detection run: use workbench.Predictor")
+        cfg, model, report = load_run(path, ema)
         predictor = cls(model, classes_of(cfg), device, precision, score_threshold)
         predictor.load_report = report
         return predictor

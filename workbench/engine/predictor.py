@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from workbench.config import IMAGENET_MEAN, IMAGENET_STD, EvalConfig
+from workbench.config import IMAGENET_MEAN, IMAGENET_STD, Config, EvalConfig
 from workbench.data.classes import Classes
 from workbench.data.image import ImageSource, read_image
 from workbench.data.transforms import EvalTransform
@@ -41,6 +41,7 @@ from workbench.viz.rollout import rollout_at as rollout
 
 if TYPE_CHECKING:
     from workbench.engine.detection_predictor import DetectionPredictor
+    from workbench.interop import LoadReport
 
 
 @dataclass
@@ -58,6 +59,18 @@ class Prediction:
     def overlay(self, image: np.ndarray, alpha: float = 0.5) -> np.ndarray:
         """The colour map blended over ``image`` (H, W, 3) uint8."""
         return overlay(image, self.colorize(), alpha)
+
+
+def load_run(path: str | Path, ema: bool = False) -> tuple[Config, nn.Module, LoadReport]:
+    """The config of a run folder or checkpoint, the model it builds with the run's weights (EMA ones
+    with ``ema``), and the load report."""
+    from workbench.build import build_model
+    from workbench.interop import load_weights
+    from workbench.interop.checkpoint import checkpoint_config
+
+    cfg = checkpoint_config(path)
+    model = build_model(cfg)
+    return cfg, model, load_weights(model, path, ema=ema)
 
 
 def resolve_device(device: torch.device | str | None) -> torch.device:
@@ -142,16 +155,13 @@ class Predictor:
         """A Predictor for a run folder or checkpoint, with its recipe's test scale and inference; a
         detection run (``task: detection``) gives a DetectionPredictor (same device, EMA and precision
         settings; ``channels_last`` does not apply to it)."""
-        from workbench.build import build_model, classes_of, eval_transform
+        from workbench.build import classes_of, eval_transform
         from workbench.engine.detection_predictor import DetectionPredictor
-        from workbench.interop import load_weights
         from workbench.interop.checkpoint import checkpoint_config
 
-        cfg = checkpoint_config(path)
-        if cfg.task == "detection":
+        if checkpoint_config(path).task == "detection":
             return DetectionPredictor.from_checkpoint(path, device, ema, precision)
-        model = build_model(cfg)
-        report = load_weights(model, path, ema=ema)
+        cfg, model, report = load_run(path, ema)
         predictor = cls(
             model, cfg.eval, classes_of(cfg), eval_transform(cfg), device, precision, channels_last
         )
