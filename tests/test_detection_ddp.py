@@ -73,6 +73,9 @@ def test_a_detector_trains_evaluates_and_resumes_on_two_processes(name, tmp_path
     rows = list(csv.DictReader((work_dir / "log.csv").open()))
     evaluated = [row for row in rows if row.get("val/bbox_mAP")]
     assert [int(row["step"]) for row in evaluated] == [3]
+    assert bool(evaluated[0].get("val/segm_mAP")) == name.endswith(
+        "_maskrcnn"
+    )  # mask figures where masks are
 
     resumed = _torchrun(tmp_path / "config.yaml", "iters=4")
     assert resumed.returncode == 0, resumed.stderr[-3000:]

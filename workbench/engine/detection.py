@@ -136,7 +136,8 @@ def evaluate_detector(
 
 class Detection:
     name = "detection"
-    metric_names = ("bbox_mAP", "bbox_mAP_50", "bbox_mAP_75")
+    # Mask figures only where the detector predicts masks (Mask R-CNN; not RetinaNet).
+    metric_names = ("bbox_mAP", "bbox_mAP_50", "bbox_mAP_75", "segm_mAP", "segm_mAP_50", "segm_mAP_75")
     best_metric = "bbox_mAP"
 
     def check(self, cfg: Config, val_set: Any) -> None:

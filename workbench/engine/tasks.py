@@ -22,7 +22,7 @@ from workbench.engine.precision import run_precision
 
 class Task(Protocol):
     name: str
-    metric_names: tuple[str, ...]  # the summary figures ``evaluate`` returns (logged as val/<name>)
+    metric_names: tuple[str, ...]  # summary figures ``evaluate`` may return (logged as val/<name>)
     best_metric: str  # ranks checkpoints; higher is better
 
     def check(self, cfg: Config, val_set: Any) -> None:

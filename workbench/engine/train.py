@@ -376,7 +376,7 @@ def _train(
             cfg, ema.module if ema is not None else model, val_set, device, rank, world, progress
         )
         if main:
-            log.write(step, {f"val/{name}": metrics[name] for name in task.metric_names})
+            log.write(step, {f"val/{name}": metrics[name] for name in task.metric_names if name in metrics})
         notify("eval", {"step": step, "metrics": metrics})
         return metrics
 
