@@ -71,11 +71,6 @@ class Detections:
         return np.asarray(drawn)
 
 
-def is_detector(model: nn.Module) -> bool:
-    """True for the workbench's detectors (``create_detector``: Mask R-CNN, RetinaNet)."""
-    return isinstance(model, DetectorMixin)
-
-
 class DetectionPredictor:
     """Single-image inference with a detector (``workbench.create_detector`` or a detection run).
 
@@ -96,7 +91,7 @@ class DetectionPredictor:
         precision: str = "fp32",
         score_threshold: float = 0.3,
     ) -> None:
-        if not is_detector(model):
+        if not isinstance(model, DetectorMixin):  # the workbench's Mask R-CNN and RetinaNet
             raise ValueError(f"expected a detector (Mask R-CNN or RetinaNet), got {type(model).__name__}")
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
