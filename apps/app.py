@@ -170,6 +170,17 @@ class Entry:
     decoded: DecodedImage
     session: Any
 
+    def frame(self) -> dict:
+        """What an API answer says of the image it read: the size its labels or boxes are in (images
+        over the pixel budget are downscaled), the file's own size, and the reader's notes."""
+        height, width = self.decoded.pixels.shape[:2]
+        return {
+            "height": int(height),
+            "width": int(width),
+            "original_size": list(self.decoded.size),
+            "notes": list(self.decoded.notes),
+        }
+
 
 class Sessions:
     """Explain sessions by (model, image file bytes), the last ``size`` kept: a click on an image that
@@ -241,14 +252,10 @@ class Workbench:
                 "the model is a detector: /detections gives its boxes; label maps come from segmentors"
             )
         entry = self.sessions.get(loaded, path)
-        labels = entry.session.prediction.labels
         return {
-            "labels": labels.tolist(),
-            "height": int(labels.shape[0]),
-            "width": int(labels.shape[1]),
+            "labels": entry.session.prediction.labels.tolist(),  # at the image's size (the Predictor's)
             "classes": list(loaded.predictor.classes.names),
-            "original_size": list(entry.decoded.size),
-            "notes": list(entry.decoded.notes),
+            **entry.frame(),
         }
 
     def detections(self, key: str, path: str, score_threshold: float) -> tuple[Entry, Detections]:
@@ -682,13 +689,7 @@ def add_api(app: gr.Blocks, workbench: Workbench) -> None:
             entry, found = workbench.detections(workbench.default.key, path, float(score_threshold))
         except (ValueError, OSError) as error:
             raise _fail(error) from None
-        return {
-            "detections": found.to_json(),
-            "height": int(entry.decoded.pixels.shape[0]),
-            "width": int(entry.decoded.pixels.shape[1]),
-            "original_size": list(entry.decoded.size),
-            "notes": list(entry.decoded.notes),
-        }
+        return {"detections": found.to_json(), **entry.frame()}
 
     with gr.Row(visible=False):
         image = gr.File(type="filepath")
