@@ -102,3 +102,18 @@ def use_channels_last(model: nn.Module, enabled: bool = True) -> bool:
     has_conv = any(isinstance(module, nn.Conv2d | nn.ConvTranspose2d) for module in model.modules())
     model.to(memory_format=torch.channels_last if enabled and has_conv else torch.contiguous_format)
     return enabled and has_conv
+
+
+def resolve_device(device: torch.device | str | None) -> torch.device:
+    """``device`` checked ("cpu", "cuda", "cuda:N"; CUDA refused without a GPU), None: the GPU if any."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(device)
+    except RuntimeError as error:
+        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}") from error
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"device {str(device)!r} was asked for but no CUDA GPU is available; use device='cpu'"
+        )
+    return device
