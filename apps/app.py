@@ -53,7 +53,7 @@ from workbench.data.classes import default_palette  # noqa: E402
 from workbench.data.demo import render_scene  # noqa: E402
 from workbench.data.examples import EXAMPLES_DIR, example_images  # noqa: E402
 from workbench.data.image import DecodedImage, open_image  # noqa: E402
-from workbench.engine.detection_predictor import DetectionPredictor, Detections  # noqa: E402
+from workbench.inference.detection_predictor import DetectionPredictor, Detections  # noqa: E402
 from workbench.interop.checkpoint import is_checkpoint  # noqa: E402
 from workbench.viz.explorers import heat_overlay, mark_pixel  # noqa: E402
 from workbench.viz.groups import gp_sites  # noqa: E402

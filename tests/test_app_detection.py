@@ -12,7 +12,7 @@ from gradio_client.exceptions import AppError
 from apps.app import Settings, Workbench, build_app
 from workbench.data.classes import DEMO
 from workbench.data.image import read_image
-from workbench.engine.detection_predictor import DetectionPredictor
+from workbench.inference.detection_predictor import DetectionPredictor
 
 from .app_server import serving, tiny_checkpoint
 from .test_detection_predictor import demo_detection_image, tiny_detection_run

@@ -17,7 +17,7 @@ from workbench.data.classes import DEMO
 from workbench.data.demo_detection import ensure_demo_detection_set
 from workbench.data.image import read_image
 from workbench.engine import train
-from workbench.engine.detection_predictor import DetectionPredictor
+from workbench.inference.detection_predictor import DetectionPredictor
 from workbench.interop import export_state
 from workbench.models import model_info
 from workbench.models.detection import detector_info

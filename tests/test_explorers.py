@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tests.tiny import tiny_gpvit_segmentor, tiny_setr
-from workbench.engine.predictor import Predictor
+from workbench.inference.predictor import Predictor
 from workbench.viz.attribution import METHODS
 from workbench.viz.explorers import (
     AttentionExplorer,

@@ -18,16 +18,18 @@ from .tiny import tiny_gpvit_segmentor, tiny_setr_hlg
 
 def test_channels_last_lays_out_convolutions_and_keeps_the_predictions():
     torch.manual_seed(0)
-    model = tiny_gpvit_segmentor("upernet")
+    model = tiny_gpvit_segmentor("upernet").eval()
     photo = np.random.default_rng(0).integers(0, 256, (64, 80, 3), dtype=np.uint8)
-    plain = Predictor(model, device="cpu", channels_last=False)
-    assert not plain.channels_last
+    plain = Predictor(model, device="cpu")
+    assert not plain.channels_last and plain.model is model
     expected = plain(photo).probs
-    fast = Predictor(model, device="cpu")
-    assert fast.channels_last
-    conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d) and m.kernel_size != (1, 1))
+    fast = Predictor(model, device="cpu", channels_last=True)
+    assert fast.channels_last and fast.model is not model  # its own copy: the given model is as it was
+    conv = next(m for m in fast.model.modules() if isinstance(m, nn.Conv2d) and m.kernel_size != (1, 1))
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
     assert not conv.weight.is_contiguous()
+    given = next(m for m in model.modules() if isinstance(m, nn.Conv2d) and m.kernel_size != (1, 1))
+    assert given.weight.is_contiguous()
     torch.testing.assert_close(fast(photo).probs, expected, atol=1e-5, rtol=1e-4)
 
 

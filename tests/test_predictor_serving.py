@@ -33,7 +33,7 @@ def test_a_kept_session_answers_again_without_a_forward_pass():
     predictor.session = first
     torch.testing.assert_close(predictor.attention_at(10, 20, layer=3), before)
     assert calls == []
-    with pytest.raises(ValueError, match=r"expected a session from predictor\.session"):
+    with pytest.raises(ValueError, match=r"expected a session opened by this predictor"):
         predictor.session = "image.png"
 
 

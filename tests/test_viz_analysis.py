@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from workbench.engine.predictor import Predictor
+from workbench.inference.predictor import Predictor
 from workbench.models.explain import (
     AttentionMap,
     CrossLayout,

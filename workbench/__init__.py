@@ -1,7 +1,8 @@
 """A research workbench for vision transformers that do dense prediction: SETR, HLG and GPViT."""
 
 from workbench import viz
-from workbench.engine import DetectionPredictor, Predictor, train
+from workbench.engine import train
+from workbench.inference import DetectionPredictor, Predictor, load_predictor
 from workbench.interop import load_pretrained
 from workbench.models import Segmentor, create_segmentor, list_models
 from workbench.models.detection import create_detector, list_detectors
@@ -16,6 +17,7 @@ __all__ = [
     "create_segmentor",
     "list_detectors",
     "list_models",
+    "load_predictor",
     "load_pretrained",
     "train",
     "viz",

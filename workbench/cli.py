@@ -96,11 +96,10 @@ _PREDICTION_FILES = ("mask", "overlay", "labels")  # colour mask, mask over the 
 
 
 def _predict(args: argparse.Namespace) -> None:
-    import numpy as np
     from PIL import Image
 
-    from workbench.data.image import read_image
-    from workbench.engine import Predictor
+    from workbench.data.image import label_png_array, read_image
+    from workbench.inference import load_predictor
 
     images = [Path(path) for path in args.images]
     missing = [path for path in images if not path.is_file()]
@@ -115,12 +114,16 @@ def _predict(args: argparse.Namespace) -> None:
     _refuse_existing(
         [out / f"{name}_{kind}.png" for name in names for kind in _PREDICTION_FILES], args.overwrite
     )
-    predictor = Predictor.from_checkpoint(args.checkpoint)
+    predictor = load_predictor(args.checkpoint)
     out.mkdir(parents=True, exist_ok=True)
     for path, name in zip(images, names, strict=True):
         image = read_image(path)
         prediction = predictor(image)
-        arrays = (prediction.colorize(), prediction.overlay(image), prediction.labels.astype(np.uint8))
+        arrays = (
+            prediction.colorize(),
+            prediction.overlay(image),
+            label_png_array(prediction.labels, predictor.num_classes),
+        )
         for kind, array in zip(_PREDICTION_FILES, arrays, strict=True):
             Image.fromarray(array).save(out / f"{name}_{kind}.png")
         print(f"{path} -> {out / name}_{{{','.join(_PREDICTION_FILES)}}}.png")
@@ -147,12 +150,12 @@ def _predict_detections(args: argparse.Namespace, images: list[Path], names: lis
     from PIL import Image
 
     from workbench.data.image import read_image
-    from workbench.engine.detection_predictor import DetectionPredictor
+    from workbench.inference import load_predictor
 
     _refuse_existing(
         [out / f"{name}_detections.{suffix}" for name in names for suffix in ("png", "json")], args.overwrite
     )
-    predictor = DetectionPredictor.from_checkpoint(args.checkpoint)
+    predictor = load_predictor(args.checkpoint)
     out.mkdir(parents=True, exist_ok=True)
     for path, name in zip(images, names, strict=True):
         image = read_image(path)

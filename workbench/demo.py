@@ -11,9 +11,10 @@ import torch
 from workbench.build import build_datasets, build_model, classes_of, eval_transform
 from workbench.cache import cache_dir
 from workbench.config import load_config, to_dict
-from workbench.engine import Predictor, train
-from workbench.engine.predictor import load_run
+from workbench.engine import train
+from workbench.engine.precision import resolve_device
 from workbench.engine.tasks import task_of
+from workbench.inference import Predictor, load_predictor, load_run
 from workbench.interop.checkpoint import latest_checkpoint, load_state
 
 
@@ -48,9 +49,9 @@ def demo_predictor(
     first if the cache lacks it) or, with ``trained=False``, the same model freshly initialised (seed 0)
     with the same classes and preprocessing: the notebooks' quick runs and the untrained baselines."""
     if trained:
-        return Predictor.from_checkpoint(demo_checkpoint(config), device=device)
+        return load_predictor(demo_checkpoint(config), device=device)
     cfg = load_config(config)
     with torch.random.fork_rng():
         torch.manual_seed(0)
-        model = build_model(cfg)
-    return Predictor(model, cfg.eval, classes_of(cfg), eval_transform(cfg), device)
+        model = build_model(cfg).to(resolve_device(device)).eval()
+    return Predictor(model, cfg.eval, classes_of(cfg), eval_transform(cfg))

@@ -284,3 +284,11 @@ def _to_uint8(array: np.ndarray, name: str) -> np.ndarray:
             )
         return np.round(array * 255).astype(np.uint8)
     raise ValueError(f"{name}: expected a uint8, uint16, bool or float (0..1) image, got dtype {array.dtype}")
+
+
+def label_png_array(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """A label map (H, W) as the array a label PNG stores: 8-bit up to 256 classes, 16-bit above
+    (PIL writes uint16 as a 16-bit grey PNG), so no class index wraps."""
+    if num_classes > 65536:
+        raise ValueError(f"a label PNG holds at most 65536 classes, got {num_classes}")
+    return labels.astype(np.uint8 if num_classes <= 256 else np.uint16)

@@ -21,7 +21,7 @@ from torch import nn
 
 from workbench.config import EvalConfig
 from workbench.engine.evaluate import ConfusionMatrix, predict_probs
-from workbench.engine.predictor import Predictor
+from workbench.inference.predictor import Predictor
 from workbench.models.complexity import count_gmacs, count_params
 from workbench.models.layers import pad_for
 from workbench.viz.distance import attention_distances

@@ -7,7 +7,8 @@
 
 Images go through the one image reader (``read_image``); the detector resizes them itself (its
 ``min_size`` / ``max_size``) and returns boxes and masks in image pixels. Device and precision are
-the segmentation ``Predictor``'s settings (``resolve_device``, ``workbench.engine.precision``).
+the segmentation ``Predictor``'s: the model is used as given (``workbench.inference.placement``), in
+``workbench.engine.precision``'s setting. Building from runs and releases: ``workbench.inference.build``.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from torch import nn
 from workbench.data.classes import Classes, default_palette
 from workbench.data.image import ImageSource, read_image
 from workbench.engine.precision import autocast, resolve_precision
-from workbench.engine.predictor import resolve_device
+from workbench.inference.placement import as_given, model_device
 from workbench.models.detection.detectors import DetectorMixin
 
 
@@ -77,7 +78,9 @@ class DetectionPredictor:
     Args:
         model: a detector from ``create_detector`` (labels 1..``num_classes``, 0 the background).
         classes: names and palette, the background first; numbered classes when absent or of another count.
-        device: "cpu", "cuda" (refused without a GPU), or None for the GPU when there is one.
+        device: None (the model's own), "cpu", "cuda" or "cuda:N" (refused without a GPU); the model is
+            used as given, or an eval-mode copy where it is elsewhere or in training mode
+            (``self.note`` says why).
         precision: "fp32" (the default), "bf16", "fp16" or "auto" (``workbench.engine.precision``).
         score_threshold: detections scoring less are left out (a call can ask for another); the
             detector's own ``box_score_thresh`` / ``score_thresh`` (0.05) has applied before.
@@ -93,9 +96,9 @@ class DetectionPredictor:
     ) -> None:
         if not isinstance(model, DetectorMixin):  # the workbench's Mask R-CNN and RetinaNet
             raise ValueError(f"expected a detector (Mask R-CNN or RetinaNet), got {type(model).__name__}")
-        self.device = resolve_device(device)
+        self.model, self.note = as_given(model, device)
+        self.device = model_device(self.model)
         self.precision = resolve_precision(precision, self.device)
-        self.model = model.to(self.device).eval()
         self.num_classes = model.num_classes
         if classes is None or len(classes) != self.num_classes + 1:
             names = ("background", *(str(i) for i in range(1, self.num_classes + 1)))
@@ -105,56 +108,32 @@ class DetectionPredictor:
         self.load_report = None  # the LoadReport of the weights, set by from_checkpoint / from_pretrained
 
     @classmethod
-    def from_checkpoint(
-        cls,
-        path: str | Path,
-        device: torch.device | str | None = None,
-        ema: bool = False,
-        precision: str = "fp32",
-        score_threshold: float = 0.3,
-    ) -> DetectionPredictor:
-        """A predictor for a detection run folder or checkpoint (``task: detection``)."""
-        from workbench.build import classes_of
-        from workbench.engine.predictor import load_run
-        from workbench.interop.checkpoint import checkpoint_config
+    def from_checkpoint(cls, path: str | Path, **options: Any) -> DetectionPredictor:
+        """``workbench.inference.build.load_predictor(path, ...)`` for a detection run."""
+        from workbench.inference.build import load_predictor
 
-        task = checkpoint_config(path).task
-        if task != "detection":
-            raise ValueError(f"{path} is a {task} run, not a detection run: use workbench.Predictor")
-        cfg, model, report = load_run(path, ema)
-        predictor = cls(model, classes_of(cfg), device, precision, score_threshold)
-        predictor.load_report = report
+        predictor = load_predictor(path, **options)
+        if not isinstance(predictor, cls):
+            raise ValueError(f"{path} is a segmentation run, not a detection run: use workbench.Predictor")
         return predictor
 
     @classmethod
     def from_pretrained(
-        cls,
-        source: str | Path,
-        model: str,
-        num_classes: int,
-        device: torch.device | str | None = None,
-        precision: str = "fp32",
-        score_threshold: float = 0.3,
-        **model_kwargs: Any,
+        cls, source: str | Path, model: str, num_classes: int, **options: Any
     ) -> DetectionPredictor:
-        """A predictor for a released detector checkpoint (the mmdet layout of GPViT's and HLG's
-        releases): the registered detector ``model`` built for ``num_classes`` foreground classes and
-        filled by ``load_pretrained(source)`` (strict; its report in ``load_report``); numbered classes."""
-        from workbench.interop import load_pretrained
-        from workbench.models.detection import create_detector
+        """``workbench.inference.build.load_predictor(source, model=..., num_classes=...)`` for a
+        released detector (the mmdet layout of GPViT's and HLG's releases)."""
+        from workbench.inference.build import load_predictor
 
-        detector = create_detector(model, num_classes=num_classes, **model_kwargs)
-        report = load_pretrained(detector, source)
-        predictor = cls(detector, device=device, precision=precision, score_threshold=score_threshold)
-        predictor.load_report = report
-        return predictor
+        return load_predictor(source, model=model, num_classes=num_classes, **options)
 
     @torch.no_grad()
     def __call__(self, source: ImageSource, score_threshold: float | None = None) -> Detections:
         """Detect in one image (a path, PIL image or array; any mode the image reader takes), keeping
         the detections scoring at least ``score_threshold`` (None: the predictor's own)."""
         pixels = read_image(source)
-        image = torch.from_numpy(pixels.copy()).permute(2, 0, 1).float().div(255).to(self.device)
+        dtype = next(self.model.parameters()).dtype
+        image = torch.from_numpy(pixels.copy()).permute(2, 0, 1).to(self.device, dtype).div(255)
         with autocast(self.precision, self.device):
             found = self.model([image])[0]
         threshold = self.score_threshold if score_threshold is None else score_threshold

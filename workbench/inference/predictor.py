@@ -1,0 +1,251 @@
+"""Predictor: segmentation of single images, and sessions that answer explain queries about one image.
+
+    predictor = workbench.load_predictor(run_folder)  # built elsewhere: a run, a release, a name
+    prediction = predictor(photo)                      # labels (H, W); probabilities at model scale
+    session = predictor.open(photo)                    # one forward on the canonical view; q, k kept
+    session.attention_at(120, 340, layer="blocks.11")  # (H, W): where that pixel looks
+
+Shaped like segment-anything's predictor: building lives elsewhere (``workbench.inference.build``), the
+predictor takes a built model and leaves it as it was given, and each image gets its own ``Session``
+(``workbench.inference.session``). ``set_image`` keeps one current session for notebook use; servers
+keep the sessions ``open`` returns. Every image goes through the one image reader
+(``workbench.data.image.read_image``) and the evaluation's own preprocessing (``EvalTransform``: the
+recipe's test scale, the model's mean/std) and inference (``predict_probs``: whole / sliding window,
+scales, flips). Memory follows the model's input, not the photo: probabilities stay at the model's
+resolution and labels are resized band by band (``workbench.inference.labels``).
+Detectors have their own predictor (``workbench.inference.detection_predictor``); both share the
+image reader, the device rule and the precision setting.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from workbench.config import IMAGENET_MEAN, IMAGENET_STD, EvalConfig
+from workbench.data.classes import Classes
+from workbench.data.image import ImageSource, read_image
+from workbench.data.transforms import EvalTransform
+from workbench.engine.evaluate import forward_padded, predict_probs
+from workbench.engine.precision import autocast, resolve_precision
+from workbench.inference.labels import argmax_resized
+from workbench.inference.placement import as_given, is_channels_last, model_device
+from workbench.inference.session import Session
+from workbench.models.detection.detectors import DetectorMixin
+from workbench.models.explain import View
+from workbench.models.segmentor import Segmentor
+from workbench.viz.overlay import colorize, overlay
+from workbench.viz.record import capture, select_sites
+
+if TYPE_CHECKING:
+    from workbench.inference.detection_predictor import DetectionPredictor
+
+
+@dataclass
+class Prediction:
+    """A segmentation of one image: ``labels`` (H, W) at the image's size, ``probs`` (K, h, w) on the
+    model's input (the test-scale view; ``probs_on_image`` resizes them), the classes' colours."""
+
+    labels: np.ndarray
+    probs: torch.Tensor
+    classes: Classes = field(repr=False)
+
+    def probs_on_image(self) -> torch.Tensor:
+        """Probabilities (K, H, W) at the image's size, bilinear (what the labels are the arg-max of).
+        K x H x W floats: 7 GB for 150 classes on a 12 MP photo; ask for them only on small images."""
+        size = self.labels.shape
+        return torch.nn.functional.interpolate(
+            self.probs[None], size=size, mode="bilinear", align_corners=False
+        )[0]
+
+    def colorize(self) -> np.ndarray:
+        """(H, W, 3) uint8 colour map of the labels."""
+        return colorize(self.labels, self.classes.palette)
+
+    def overlay(self, image: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+        """The colour map blended over ``image`` (H, W, 3) uint8."""
+        return overlay(image, self.colorize(), alpha)
+
+
+def _normalisation(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Mean and std on the 0-255 scale, from the model's ``pretrained_cfg`` (timm's 0-1 scale)."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    if "mean" in cfg and "std" in cfg:
+        return tuple(255 * m for m in cfg["mean"]), tuple(255 * s for s in cfg["std"])
+    return IMAGENET_MEAN, IMAGENET_STD
+
+
+def check_segmentor(model: nn.Module) -> None:
+    """Refuse, in one line naming what to use instead, what the Predictor cannot segment with."""
+    name = type(model).__name__
+    if isinstance(model, DetectorMixin):
+        raise ValueError(
+            f"{name} is a detector: use DetectionPredictor (workbench.inference), or "
+            "workbench.load_predictor on its run"
+        )
+    if not isinstance(model, Segmentor) and hasattr(model, "forward_head"):  # a timm classifier
+        raise ValueError(
+            f"{name} is a classifier (one score per class, not per pixel): the Predictor takes a "
+            "segmentor, e.g. workbench.create_segmentor('setr_pup_vit_base', num_classes=...)"
+        )
+    if not isinstance(getattr(model, "num_classes", None), int):
+        raise ValueError(f"expected a segmentor with num_classes, got {name}")
+
+
+class Predictor:
+    """Single-image segmentation and explain sessions for notebooks, the CLI and the app.
+
+    Args:
+        model: a segmentor (``model(images)`` gives (B, K, H, W) logits) with ``num_classes``; a
+            detector or a classifier is refused. It is used as given: on its device, in its layout,
+            in eval mode; where ``device`` or ``channels_last`` ask otherwise, or the model is in
+            training mode, the predictor works on its own eval-mode copy (``self.note`` says why)
+            and the given model is left untouched.
+        eval_cfg: whole / sliding-window inference, scales and flips (default: whole, one scale).
+        classes: names and palette; numbered classes when absent or of another count.
+        transform: the evaluation preprocessing (default: no resize, the model's mean/std).
+        device: None (the model's own), "cpu", "cuda" or "cuda:N" (refused without a GPU).
+        precision: "fp32" (the default), "bf16", "fp16" or "auto" (``workbench.engine.precision``;
+            ``self.precision.reason`` says what auto chose). Probabilities and explain queries are
+            computed in fp32 whatever the forward ran in.
+        channels_last: None keeps the model's layout; True / False ask for channels-last /
+            contiguous convolution weights (``use_channels_last``).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        eval_cfg: EvalConfig | None = None,
+        classes: Classes | None = None,
+        transform: EvalTransform | None = None,
+        device: torch.device | str | None = None,
+        precision: str = "fp32",
+        channels_last: bool | None = None,
+    ) -> None:
+        check_segmentor(model)
+        self.model, self.note = as_given(model, device, channels_last)
+        self.device = model_device(self.model)
+        self.dtype = next(self.model.parameters()).dtype
+        self.precision = resolve_precision(precision, self.device)
+        self.eval_cfg = eval_cfg or EvalConfig()
+        self.num_classes = model.num_classes
+        if classes is None or len(classes) != self.num_classes:  # e.g. a converted release checkpoint
+            classes = Classes.numbered(self.num_classes)
+        self.classes = classes
+        self.transform = transform or EvalTransform(None, *_normalisation(model))
+        self.load_report = None  # the LoadReport of the weights, set by the builders
+        self._current: Session | None = None
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, **options: Any) -> Predictor | DetectionPredictor:
+        """``workbench.inference.build.load_predictor(path, ...)``: a run folder or checkpoint."""
+        from workbench.inference.build import load_predictor
+
+        return load_predictor(path, **options)
+
+    @classmethod
+    def from_pretrained(
+        cls, source: str | Path, model: str, num_classes: int, **options: Any
+    ) -> Predictor | DetectionPredictor:
+        """``workbench.inference.build.load_predictor(source, model=..., num_classes=...)``: a
+        released checkpoint (path, URL or catalogue name) in a registered model, at its recipe's
+        test scale and inference."""
+        from workbench.inference.build import load_predictor
+
+        return load_predictor(source, model=model, num_classes=num_classes, **options)
+
+    @property
+    def channels_last(self) -> bool:
+        return is_channels_last(self.model)
+
+    def preprocess(self, image: ImageSource) -> tuple[np.ndarray, torch.Tensor]:
+        """The image as read (H, W, 3) uint8, and the model's input (1, 3, h, w) at the test scale, on
+        the model's device and in its dtype."""
+        array = read_image(image)  # refuses empty images
+        pixels = torch.from_numpy(array if array.flags.writeable else array.copy()).permute(2, 0, 1)
+        tensor, _ = self.transform(pixels, None)
+        return array, tensor[None].to(self.device, self.dtype)
+
+    def _prediction(self, array: np.ndarray, probs: torch.Tensor) -> Prediction:
+        """Probabilities (1, K, h, w) on the model input -> labels at the image's size, band by band."""
+        labels = argmax_resized(probs[0], array.shape[:2])
+        return Prediction(labels.cpu().numpy(), probs[0].cpu(), self.classes)
+
+    @torch.no_grad()
+    def _predict(self, array: np.ndarray, tensor: torch.Tensor) -> Prediction:
+        with autocast(self.precision, self.device):
+            probs = predict_probs(self.model, tensor, self.eval_cfg, self.num_classes)
+        return self._prediction(array, probs)
+
+    def __call__(self, image: ImageSource) -> Prediction:
+        """Segment one image (a path, PIL image or array; any mode the image reader takes)."""
+        return self._predict(*self.preprocess(image))
+
+    # ------------------------------------------------------------------ explain sessions
+
+    @torch.no_grad()
+    def open(self, image: ImageSource) -> Session:
+        """Run the model once on ``image``'s canonical view (the test scale, whole, unflipped) keeping
+        what queries need, and return the image's session; its ``prediction`` is the recipe's full
+        inference when that has more than the canonical view. Sessions are independent."""
+        array, tensor = self.preprocess(image)
+        view = View(tuple(tensor.shape[-2:]))
+        with capture(self.model) as cached, autocast(self.precision, self.device):
+            logits = forward_padded(self.model, tensor).float()
+        cfg = self.eval_cfg
+        if cfg.mode == "whole" and tuple(cfg.scales) == (1.0,) and not cfg.flip and not cfg.min_short_side:
+            prediction = self._prediction(array, logits.softmax(1))  # what predict_probs would compute
+        else:
+            prediction = self._predict(array, tensor)
+        return Session(array, view, cached, prediction, self)
+
+    def set_image(self, image: ImageSource) -> Prediction:
+        """``open`` the image and keep its session as the current one (``self.session``), which the
+        query methods below read; returns the prediction."""
+        self._current = self.open(image)
+        return self._current.prediction
+
+    @property
+    def session(self) -> Session:
+        """The current session (the last ``set_image``'s, or one set back)."""
+        if self._current is None:
+            raise ValueError("no image is set: call predictor.set_image(image) first")
+        return self._current
+
+    @session.setter
+    def session(self, session: Session) -> None:
+        if not isinstance(session, Session) or session.predictor is not self:
+            raise ValueError("expected a session opened by this predictor (predictor.open or set_image)")
+        self._current = session
+
+    def sites(self) -> list[str]:
+        """Names of the attention sites a query can name (``model.attention_sites()``)."""
+        return list(select_sites(self.model, None))
+
+    # The current session's queries (``Session`` documents them).
+    def attention_at(self, y: int, x: int, layer: int | str, head: int | None = None) -> torch.Tensor:
+        return self.session.attention_at(y, x, layer, head)
+
+    def group_maps(self, layer: int | str) -> torch.Tensor:
+        return self.session.group_maps(layer)
+
+    def rollout_at(self, y: int, x: int, class_token: bool = True) -> torch.Tensor:
+        return self.session.rollout_at(y, x, class_token)
+
+    def effective_attention_at(
+        self, y: int, x: int, block: int | str, head: int | None = None
+    ) -> torch.Tensor:
+        return self.session.effective_attention_at(y, x, block, head)
+
+    def group_assignment(self, block: int | str) -> torch.Tensor:
+        return self.session.group_assignment(block)
+
+    def attribute(
+        self, target_class: int, region: np.ndarray, method: str = "occlusion", **options: Any
+    ) -> torch.Tensor:
+        return self.session.attribute(target_class, region, method, **options)
