@@ -2,21 +2,29 @@
 
 Every attention module of the workbench computes its attention with ``attend(q, k, v, mask, probe,
 layout)``. Without a probe (the fast path) that is ``scaled_dot_product_attention``: no attention
-probabilities are ever materialised. ``workbench.viz.record`` sets a probe on the chosen modules; the
+probabilities are ever materialised. ``workbench.viz.record`` gives the chosen modules a probe; the
 probe computes the probabilities explicitly, keeps them as an ``AttentionMap``, and hands them back to
 ``attend``, which multiplies *those* probabilities with the values. So a recorded map is the one the
 forward pass used, on the autograd path (``keep_grad=True`` gives d(output)/d(attention)), and the
 outputs differ from the fast path only by the rounding of SDPA versus an explicit softmax: within
 ``EXPLICIT_ATOL`` / ``EXPLICIT_RTOL`` in fp32 (tested per family).
 
-A probe can also cache q, k and the mask without materialising anything (``KeyCache``): a single query
-row is then computed later in O(heads * N) memory, which is how a click is answered.
+A probe can also cache q, k and the mask without materialising anything (``CachedAttention``): a single
+query row is then computed later in O(heads * N) memory, which is how a click is answered.
+
+Probes live in the recording, never on the shared modules: ``probing`` makes a recording's probes
+(keyed by module and slot) active in the current context only (a thread, or an asyncio task), and a
+module asks ``active_probe`` for its own. A forward pass of the same model in another thread, e.g.
+another user's request in a server, runs the fast path and is neither recorded nor counted.
 
 Where tokens sit on the image: ``TokenGrid`` (one place for every family). Token (r, c) of a grid with
 ``stride`` s covers the pixels [r*s, (r+1)*s) x [c*s, (c+1)*s) of the model's input; the grid may
 overhang the input (GPViT and HLG pad at the bottom and right), and maps come back to the input's
-resolution cropped exactly there. How the attention probabilities are laid out: one ``Layout`` class
-per attention layout, each with its own reader (no if-chain over kinds).
+resolution cropped exactly there. One pixel <-> token rule everywhere, by pixel centre: a click picks
+the view pixel that holds the image pixel's centre (``View.from_image``), and maps are painted back with
+the same rule (``resize_nearest``, PyTorch's ``nearest-exact``), so a pixel's click token is the token
+painted at that pixel. How the attention probabilities are laid out: one ``Layout`` class per attention
+layout, each with its own reader (no if-chain over kinds).
 """
 
 from __future__ import annotations
@@ -55,17 +63,11 @@ class TokenGrid:
     def to_image(self, maps: torch.Tensor, mode: str = "nearest") -> torch.Tensor:
         """Maps (..., rows, cols) on this grid -> (..., H, W) on the model input, overhang cropped.
 
-        ``nearest`` paints each token's pixels with its value; ``bilinear`` interpolates between token
-        centres.
+        ``nearest`` paints each token's pixels with its value (``token_at``'s rule); ``bilinear``
+        interpolates between token centres.
         """
-        lead = maps.shape[:-2]
-        flat = maps.reshape(-1, 1, self.rows, self.cols).float()
-        size = (self.rows * self.stride, self.cols * self.stride)
-        up = F.interpolate(
-            flat, size=size, mode=mode, **({} if mode == "nearest" else {"align_corners": False})
-        )
         height, width = self.image_size
-        return up[..., :height, :width].reshape(*lead, height, width)
+        return resize(maps, (self.rows * self.stride, self.cols * self.stride), mode)[..., :height, :width]
 
 
 @dataclass(frozen=True)
@@ -83,7 +85,7 @@ class View:
         (height, width), (view_h, view_w) = image_size, self.size
         if not (0 <= y < height and 0 <= x < width):
             raise ValueError(f"pixel ({y}, {x}) is outside the {height}x{width} image")
-        y, x = int((y + 0.5) * view_h / height), int((x + 0.5) * view_w / width)  # pixel centres
+        y, x = _centre(y, height, view_h), _centre(x, width, view_w)
         x = view_w - 1 - x if self.flip else x
         y, x = y - self.offset[0], x - self.offset[1]
         crop_h, crop_w = self.crop or self.size
@@ -95,7 +97,9 @@ class View:
         self, maps: torch.Tensor, image_size: tuple[int, int], mode: str = "bilinear"
     ) -> torch.Tensor:
         """Maps (..., h, w) on the model input (padding included) -> (..., H, W) on the image: padding
-        cropped, a window put back at its offset (zeros elsewhere), unflipped, resized."""
+        cropped, a window put back at its offset (zeros elsewhere), unflipped, resized. ``nearest`` (or
+        ``nearest-exact``, the same) is the pixel-centre rule of ``from_image``: a pixel gets the value
+        of the token a click there picks."""
         crop_h, crop_w = self.crop or self.size
         maps = maps[..., :crop_h, :crop_w]
         if self.crop is not None:
@@ -106,10 +110,36 @@ class View:
         maps = maps.flip(-1) if self.flip else maps
         if tuple(maps.shape[-2:]) == tuple(image_size):
             return maps
-        lead = maps.shape[:-2]
-        flat = maps.reshape(-1, 1, *maps.shape[-2:]).float()
-        extra = {} if mode == "nearest" else {"align_corners": False}
-        return F.interpolate(flat, size=tuple(image_size), mode=mode, **extra).reshape(*lead, *image_size)
+        return resize(maps, image_size, mode)
+
+
+def _centre(index: int, size: int, new_size: int) -> int:
+    """The pixel of ``new_size`` pixels that holds the centre of pixel ``index`` of ``size``:
+    floor((index + 1/2) * new_size / size), in integers (float rounding would move exact boundaries)."""
+    return (2 * index + 1) * new_size // (2 * size)
+
+
+def resize_nearest(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Maps (..., h, w) -> (..., H, W), each output pixel taking the input pixel that holds its centre.
+
+    PyTorch's ``nearest-exact`` rule, the one ``View.from_image`` clicks with, computed in integers:
+    F.interpolate computes it in float and, at sizes in the thousands, can take the neighbour. The
+    dtype is kept (a mask stays a mask, indices stay indices).
+    """
+    for dim, old, new in zip((-2, -1), maps.shape[-2:], size, strict=True):
+        index = (2 * torch.arange(new, device=maps.device) + 1) * old // (2 * new)
+        maps = maps.index_select(dim, index)
+    return maps
+
+
+def resize(maps: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
+    """Maps (..., h, w) -> (..., H, W): ``nearest`` / ``nearest-exact`` by ``resize_nearest`` (the
+    pixel-centre rule, dtype kept); other modes by F.interpolate (align_corners False), in float."""
+    if mode in ("nearest", "nearest-exact"):
+        return resize_nearest(maps, size)
+    lead = maps.shape[:-2]
+    flat = maps.reshape(-1, 1, *maps.shape[-2:]).float()
+    return F.interpolate(flat, size=tuple(size), mode=mode, align_corners=False).reshape(*lead, *size)
 
 
 _CURRENT_VIEW: contextvars.ContextVar[View | None] = contextvars.ContextVar("workbench_view", default=None)
@@ -314,18 +344,51 @@ def attend(
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
+@dataclass(eq=False)
+class Probing:
+    """One recording's state: the probe of each (module, slot), and the input size (H, W) of the
+    forward pass under way. Active only in the context that opened it (``probing``)."""
+
+    probes: dict[tuple[nn.Module, str], Probe] = field(default_factory=dict)
+    image_size: tuple[int, int] = (0, 0)
+
+    def active(self) -> bool:
+        """Whether this recording is open in the current context (thread or task)."""
+        return any(open_ is self for open_ in _PROBINGS.get())
+
+
+# The recordings open in this context, innermost last. Each thread has its own context, so a forward of
+# the shared model in another thread sees none of them.
+_PROBINGS: contextvars.ContextVar[tuple[Probing, ...]] = contextvars.ContextVar(
+    "workbench_probings", default=()
+)
+
+
+@contextmanager
+def probing(state: Probing) -> Iterator[Probing]:
+    """Make ``state``'s probes active for the forward passes of the current context inside the block."""
+    token = _PROBINGS.set((*_PROBINGS.get(), state))
+    try:
+        yield state
+    finally:
+        _PROBINGS.reset(token)
+
+
+def active_probe(module: nn.Module, slot: str = "attn") -> Probe | None:
+    """The probe of ``module``'s ``slot`` in the innermost recording of this context that has one."""
+    for state in reversed(_PROBINGS.get()):
+        probe = state.probes.get((module, slot))
+        if probe is not None:
+            return probe
+    return None
+
+
 class Probed:
-    """Mixin of attention modules: ``probes[slot]`` is the probe of each attention the module runs."""
+    """Mixin of attention modules: ``probe(slot)`` is the probe of each attention the module runs, as
+    the recording open in the current context set it (None on the fast path)."""
 
     def probe(self, slot: str = "attn") -> Probe | None:
-        return self.__dict__.get("_probes", {}).get(slot)
-
-    def set_probe(self, slot: str, probe: Probe | None) -> None:
-        probes = self.__dict__.setdefault("_probes", {})
-        if probe is None:
-            probes.pop(slot, None)
-        else:
-            probes[slot] = probe
+        return active_probe(self, slot)
 
 
 @dataclass(frozen=True)
@@ -443,15 +506,24 @@ def record_probe(
     return probe
 
 
+def _compact(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` detached, copied when it is a view into a larger storage: SETR's q and k are views of
+    the fused qkv (v included), HLG's k of the fused kv; a cache must not keep those alive."""
+    tensor = tensor.detach()
+    if tensor.untyped_storage().nbytes() > tensor.numel() * tensor.element_size():
+        return tensor.clone(memory_format=torch.contiguous_format)
+    return tensor
+
+
 def cache_probe(
     site: AttentionSite, image_size: Callable[[], tuple[int, int]], keep: Callable[[CachedAttention], None]
 ) -> Probe:
-    """A probe that keeps q, k and the mask (detached) and leaves the fast path running."""
+    """A probe that keeps q, k and the mask (detached, compact) and leaves the fast path running."""
 
     def probe(q, k, mask, layout):
-        detached = None if mask is None else mask.detach()
+        kept_mask = None if mask is None else _compact(mask)
         tokens = TokenGrid(*layout.grid, site.stride, image_size())
-        keep(CachedAttention(q.detach(), k.detach(), detached, layout, tokens))
+        keep(CachedAttention(_compact(q), _compact(k), kept_mask, layout, tokens))
         return None
 
     return probe

@@ -61,6 +61,7 @@ Flavours (``flavour=``):
 
 from __future__ import annotations
 
+import contextvars
 import itertools
 from collections.abc import Sequence
 from functools import partial
@@ -81,12 +82,26 @@ DECODERS = ("naive", "pup", "mla")
 FLAVOURS = ("official", "mmseg")
 
 
+# (token grid, prefix tokens) of the encoder's latest embedding in this context (thread or task): the
+# blocks that follow read it when probed. Per context, so another thread's forward at another input
+# size cannot change the grid a recording sees; nothing is written on the shared blocks.
+_TOKENS: contextvars.ContextVar[tuple[tuple[int, int], int]] = contextvars.ContextVar("setr_tokens")
+
+
+def _self_layout(tokens: int) -> SelfLayout:
+    """The layout of a probed attention over ``tokens`` tokens, from this context's latest embedding."""
+    grid, num_prefix_tokens = _TOKENS.get(((0, 0), 0))
+    if num_prefix_tokens + grid[0] * grid[1] != tokens:
+        raise ValueError(
+            f"probed attention over {tokens} tokens, but the latest embedding made a {grid[0]}x{grid[1]} "
+            f"grid and {num_prefix_tokens} prefix tokens: run the blocks through the encoder's forward"
+        )
+    return SelfLayout(grid, num_prefix_tokens)
+
+
 class ProbedAttention(Attention, Probed):
     """timm's ``Attention`` (same weights, same names) computed through the shared ``attend``, so the
-    explain mode can probe it. ``grid`` and ``num_prefix_tokens`` are set by the encoder."""
-
-    grid: tuple[int, int] = (0, 0)
-    num_prefix_tokens: int = 0
+    explain mode can probe it. Where its tokens lie comes from the encoder's embedding (``_TOKENS``)."""
 
     def forward(
         self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False
@@ -104,7 +119,7 @@ class ProbedAttention(Attention, Probed):
             v,
             attn_mask,
             probe=self.probe(),
-            layout=lambda: SelfLayout(self.grid, self.num_prefix_tokens),
+            layout=lambda: _self_layout(tokens),
         )
         x = self.norm(x.transpose(1, 2).reshape(batch, tokens, self.attn_dim))
         return self.proj_drop(self.proj(x))
@@ -162,8 +177,9 @@ class SETREncoder(VisionTransformer):
         pos_embed = resample_pos_embed(
             self.pos_embed, (height, width), self.patch_embed.grid_size, self.num_prefix_tokens, "bilinear"
         )
-        for block in self.blocks:  # where the tokens lie, for the explain mode's probes
-            block.attn.grid, block.attn.num_prefix_tokens = (height, width), self.num_prefix_tokens
+        # Every timm entry point (forward_features, forward_intermediates, get_intermediate_layers)
+        # embeds here right before its blocks: where the tokens lie, for the explain mode's probes.
+        _TOKENS.set(((height, width), self.num_prefix_tokens))
         x = x.reshape(batch, height * width, channels)
         if self.cls_token is not None:
             x = torch.cat([self.cls_token.expand(batch, -1, -1), x], dim=1)

@@ -36,6 +36,7 @@ from ipyevents import Event
 from matplotlib.figure import Figure
 from PIL import Image
 
+from workbench.models.explain import resize_nearest
 from workbench.models.layers import pad_for
 from workbench.viz.attribution import METHODS, Attribution, attribute
 from workbench.viz.figures import group_assignment_figure, heatmap_figure
@@ -473,13 +474,11 @@ class AttributionExplorer(_Explorer):
                 raise ValueError(
                     f"no pixel is predicted as {name!r}: pick another class or a pixel/box region"
                 )
-            # The canonical view is the image resized to the input: nearest keeps the mask a mask.
-            resized = torch.nn.functional.interpolate(
-                mask[None, None].float(), size=view.size, mode="nearest"
-            )
+            # The canonical view is the image resized to the input: by pixel centre, as clicks are.
+            resized = resize_nearest(mask, view.size)
             height, width = self.inputs.shape[-2:]
             padding = (0, width - view.size[1], 0, height - view.size[0])
-            return torch.nn.functional.pad(resized[0, 0], padding).bool()
+            return torch.nn.functional.pad(resized, padding)
         self.region_mask()  # refuses a missing region
         if len(self.region) == 2:
             return view.from_image(*self.region, self.size)

@@ -111,7 +111,8 @@ def effective_attention_at(
 
 def on_input(maps: torch.Tensor, site: Site, mode: str = "nearest") -> torch.Tensor:
     """Maps (..., rows, cols) on ``site``'s token grid -> (..., H, W) on the model input (padding
-    cropped); ``View.to_image`` takes them on to the image."""
+    cropped); ``View.to_image`` takes them on to the image. ``nearest``: each pixel gets its token's
+    value, the token a click there picks (``TokenGrid.to_image``)."""
     return site.tokens.to_image(maps, mode)
 
 
@@ -221,7 +222,7 @@ def group_assignment(grouping: Site) -> torch.Tensor:
 def assignment_on_input(assignment: torch.Tensor, site: Site) -> torch.Tensor:
     """A hard assignment (..., rows, cols) -> (..., H, W) int64 on the model input, each pixel its
     token's group (nearest, padding cropped)."""
-    return on_input(assignment.float(), site, "nearest").round().long()
+    return on_input(assignment, site, "nearest")
 
 
 def gp_assignments(sites: Mapping[str, Site]) -> dict[str, torch.Tensor]:

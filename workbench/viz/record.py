@@ -8,6 +8,9 @@ Only the requested sites leave the fast path (``workbench.models.explain``); out
 path's within ``EXPLICIT_ATOL`` / ``EXPLICIT_RTOL`` (fp32). Every forward pass inside the block is kept
 with its view (``rec.forwards``): multi-scale, flipped and sliding-window inference each add one.
 ``capture`` keeps q and k instead of probabilities, to answer single query rows later.
+
+A recording belongs to the thread (or asyncio task) that opened it: forward passes of the same model in
+other threads, e.g. other users' requests in a server, run the fast path and are not recorded.
 """
 
 from __future__ import annotations
@@ -25,8 +28,10 @@ from workbench.models.explain import (
     CachedAttention,
     Forward,
     Probe,
+    Probing,
     cache_probe,
     current_view,
+    probing,
     record_probe,
 )
 
@@ -75,24 +80,27 @@ def _probing(
     model: nn.Module,
     sites: dict[str, AttentionSite],
     make_probe: Callable[[str, AttentionSite, Callable[[], tuple[int, int]]], Probe],
-    on_forward: Callable[[nn.Module, tuple], None],
+    on_forward: Callable[[], None],
 ) -> Iterator[None]:
-    """Set a probe on every site and a pre-hook on ``model``; undo both on exit."""
-    image_size: list[int] = [0, 0]
+    """Open a recording of ``sites`` in the current context, and count ``model``'s forward passes there."""
+    state = Probing()
+    state.probes = {
+        (site.module, site.slot): make_probe(name, site, lambda: state.image_size)
+        for name, site in sites.items()
+    }
 
-    def before_forward(module: nn.Module, args: tuple) -> None:
-        image_size[:] = args[0].shape[-2:]
-        on_forward(module, args)
+    def before_forward(_module: nn.Module, args: tuple) -> None:
+        # The hook sees every thread's forward passes: only this context's are this recording's.
+        if state.active():
+            state.image_size = tuple(args[0].shape[-2:])
+            on_forward()
 
     handle = model.register_forward_pre_hook(before_forward)
     try:
-        for name, site in sites.items():
-            site.module.set_probe(site.slot, make_probe(name, site, lambda: tuple(image_size)))
-        yield
+        with probing(state):
+            yield
     finally:
         handle.remove()
-        for site in sites.values():
-            site.module.set_probe(site.slot, None)
 
 
 @contextmanager
@@ -113,7 +121,7 @@ def record(
 
         return record_probe(site, image_size, keep, keep_grad and torch.is_grad_enabled())
 
-    def start_forward(_module, _args) -> None:
+    def start_forward() -> None:
         recording.forwards.append(Forward(current_view()))
 
     with _probing(model, sites, make_probe, start_forward):
@@ -137,7 +145,7 @@ def capture(
 
         return cache_probe(site, image_size, keep)
 
-    def count_forward(_module, _args) -> None:
+    def count_forward() -> None:
         forwards[0] += 1
 
     with _probing(model, sites, make_probe, count_forward):
