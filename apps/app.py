@@ -53,6 +53,7 @@ from workbench.data.classes import default_palette  # noqa: E402
 from workbench.data.demo import render_scene  # noqa: E402
 from workbench.data.examples import EXAMPLES_DIR, example_images  # noqa: E402
 from workbench.data.image import DecodedImage, open_image  # noqa: E402
+from workbench.inference import Session  # noqa: E402
 from workbench.inference.detection_predictor import DetectionPredictor, Detections  # noqa: E402
 from workbench.interop.checkpoint import is_checkpoint  # noqa: E402
 from workbench.viz.explorers import heat_overlay, mark_pixel  # noqa: E402
@@ -64,7 +65,9 @@ MEAN = "mean"  # the head selector's "average over heads"
 SCORE_THRESHOLD = 0.3  # a detection run's default: detections scoring less are not shown
 SEGMENTATION_ONLY = "{} apply to segmentation models; the loaded model is a detector"
 IMAGE_HEIGHT = 360  # pixels on the page; images are scaled to fit, clicks map back to image pixels
-ATTRIBUTIONS = {  # method -> captum options that keep a CPU answer within tens of seconds
+# method -> captum options that keep a CPU answer within tens of seconds, from the model input's size
+# (occlusion windows are in the model input's pixels, where captum runs, not the image's)
+ATTRIBUTIONS = {
     "occlusion": lambda size: {  # an 8 x 8 grid of windows: 64 forward passes
         "window": max(8, max(size) // 8),
         "stride": max(8, max(size) // 8),
@@ -213,8 +216,7 @@ class Sessions:
             if loaded.detects:
                 entry = Entry(decoded, loaded.predictor(decoded.pixels, score_threshold=0.0))
             else:
-                loaded.predictor.set_image(decoded.pixels)
-                entry = Entry(decoded, loaded.predictor.session)
+                entry = Entry(decoded, loaded.predictor.open(decoded.pixels))
         with self._lock:
             self._entries[key] = entry
             while len(self._entries) > settings.sessions:
@@ -235,15 +237,14 @@ class Workbench:
         self.default = self.models.get(checkpoint, model, num_classes)
 
     def query(self, key: str, path: str, ask, what: str = "attention maps"):
-        """``ask(predictor, entry)`` on the session of ``path`` with model ``key``, under the model's lock;
+        """``ask(session, entry)`` on the session of ``path`` with model ``key``, under the model's lock;
         refused for a detector (``what`` the query gives)."""
         loaded = self.models.find(key)
         if loaded.detects:
             raise ValueError(SEGMENTATION_ONLY.format(what))
         entry = self.sessions.get(loaded, path)
         with loaded.lock:
-            loaded.predictor.session = entry.session
-            return ask(loaded.predictor, entry)
+            return ask(entry.session, entry)
 
     def label_map(self, key: str, path: str) -> dict:
         loaded = self.models.find(key)
@@ -284,34 +285,55 @@ class Workbench:
         """Pixel (y, x)'s attention (H, W) on the image: rollout, through a GP block's groups at an
         ungrouping site, else the layer's own (``Predictor.attention_at``)."""
 
-        def ask(predictor: Predictor, entry: Entry) -> torch.Tensor:
+        def ask(session: Session, entry: Entry) -> torch.Tensor:
             height, width = entry.decoded.pixels.shape[:2]
             if not (0 <= y < height and 0 <= x < width):
                 raise ValueError(f"pixel ({y}, {x}) is outside the {width}x{height} image")
             if rollout:
-                if not can_roll(predictor):
+                if not can_roll(session):
                     raise ValueError("rollout needs self-attention in every layer (SETR, a ViT)")
-                return predictor.rollout_at(y, x)
-            sites = click_sites(predictor)
+                return session.rollout_at(y, x)
+            sites = click_sites(session)
             name = layer or sites[-1]
             if name not in sites:
                 raise ValueError(f"unknown layer {name!r}; expected one of {', '.join(sites)}")
-            return predictor.attention_at(y, x, name, None if head in ("", MEAN) else int(head))
+            return session.attention_at(y, x, name, None if head in ("", MEAN) else int(head))
 
         return self.query(key, path, ask)
 
+    def attribution(self, key: str, path: str, pixel: tuple[int, int], method: str):
+        """The captum attribution of the clicked pixel's class over its region, as a heat map over the
+        image, and a caption. Occlusion windows are sized from the model input, where captum runs."""
+        if method not in ATTRIBUTIONS:
+            raise ValueError(f"method must be one of {', '.join(ATTRIBUTIONS)}, got {method!r}")
 
-def click_sites(predictor: Predictor) -> list[str]:
+        def ask(session: Session, entry: Entry):
+            labels = session.prediction.labels
+            region = clicked_region(labels, *pixel)
+            target = int(labels[pixel])
+            start = time.perf_counter()
+            heat = session.attribute(target, region, method, **ATTRIBUTIONS[method](session.view.size))
+            name = session.predictor.classes.names[target]
+            text = (
+                f"{method}: class {name!r} over its {int(region.sum())}-pixel region at (y={pixel[0]}, "
+                f"x={pixel[1]}), {time.perf_counter() - start:.1f} s"
+            )
+            return heat_overlay(entry.decoded.pixels, heat, cmap="coolwarm", alpha=0.6), text
+
+        return self.query(key, path, ask, what="attributions")
+
+
+def click_sites(session: Session) -> list[str]:
     """The attention sites a pixel queries: all but GPViT's grouping (group tokens query there)."""
-    return [name for name, site in predictor.session.cached.items() if site.layout.kind != "grouping"]
+    return [name for name, site in session.cached.items() if site.layout.kind != "grouping"]
 
 
-def can_roll(predictor: Predictor) -> bool:
-    return all(site.layout.kind == "self" for site in predictor.session.cached.values())
+def can_roll(session: Session) -> bool:
+    return all(site.layout.kind == "self" for site in session.cached.values())
 
 
-def head_choices(predictor: Predictor, layer: str) -> list[str]:
-    site = predictor.session.cached.get(layer)
+def head_choices(session: Session, layer: str) -> list[str]:
+    site = session.cached.get(layer)
     return [MEAN] + [str(h) for h in range(site.q.shape[1] if site is not None else 0)]
 
 
@@ -466,12 +488,10 @@ def build_app(workbench: Workbench) -> gr.Blocks:
                 }
             try:
                 entry = workbench.sessions.get(loaded, path)
-                with loaded.lock:
-                    predictor = loaded.predictor
-                    predictor.session = entry.session
-                    sites, roll = click_sites(predictor), can_roll(predictor)
-                    heads = head_choices(predictor, sites[-1]) if sites else [MEAN]
-                    blocks = list(gp_sites(predictor.session.cached))
+                session = entry.session
+                sites, roll = click_sites(session), can_roll(session)
+                heads = head_choices(session, sites[-1]) if sites else [MEAN]
+                blocks = list(gp_sites(session.cached))
             except (ValueError, OSError) as error:
                 raise _fail(error) from None
             found = class_areas(entry.session.prediction.labels, loaded.predictor.classes)
@@ -508,14 +528,14 @@ def build_app(workbench: Workbench) -> gr.Blocks:
             return detections_view(key, path, alpha, score_threshold)
 
         def groups_view(key, path, gp_block, pixel):
-            def ask(predictor, entry):
+            def ask(session, entry):
                 image = entry.decoded.pixels
-                assignment = predictor.group_assignment(gp_block).numpy()
+                assignment = session.group_assignment(gp_block).numpy()
                 count = int(assignment.max()) + 1
                 coloured = overlay(image, colorize(assignment, default_palette(count)), 0.5)
                 effective = None
                 if pixel is not None:
-                    weights = predictor.effective_attention_at(*pixel, gp_block)
+                    weights = session.effective_attention_at(*pixel, gp_block)
                     effective = mark_pixel(heat_overlay(image, weights), *pixel)
                 used = len(np.unique(assignment))
                 return coloured, effective, f"{gp_block}: {used} groups hold pixels"
@@ -551,7 +571,7 @@ def build_app(workbench: Workbench) -> gr.Blocks:
         def on_layer(key, path, pixel, name, roll):
             if not path or not name:
                 return gr.update(), None, ""
-            heads = workbench.query(key, path, lambda predictor, _: head_choices(predictor, name))
+            heads = workbench.query(key, path, lambda session, _: head_choices(session, name))
             return (gr.update(choices=heads, value=MEAN), *attention_view(key, path, pixel, name, MEAN, roll))
 
         def on_block(key, path, gp_block, pixel):
@@ -572,24 +592,9 @@ def build_app(workbench: Workbench) -> gr.Blocks:
                 return None, SEGMENTATION_ONLY.format("attributions")
             if not path or pixel is None:
                 raise gr.Error("click a pixel first: its class over its region is attributed")
-
-            def ask(predictor, entry):
-                labels = entry.session.prediction.labels
-                region = clicked_region(labels, *pixel)
-                target = int(labels[pixel])
-                options = ATTRIBUTIONS[chosen](labels.shape)
-                start = time.perf_counter()
-                heat = predictor.attribute(target, region, chosen, **options)
-                name = predictor.classes.names[target]
-                text = (
-                    f"{chosen}: class {name!r} over its {int(region.sum())}-pixel region at (y={pixel[0]}, "
-                    f"x={pixel[1]}), {time.perf_counter() - start:.1f} s"
-                )
-                return heat_overlay(entry.decoded.pixels, heat, cmap="coolwarm", alpha=0.6), text
-
             progress(0.0, desc=f"{chosen}")
             try:
-                return workbench.query(key, path, ask)
+                return workbench.attribution(key, path, pixel, chosen)
             except ValueError as error:
                 raise _fail(error) from None
 

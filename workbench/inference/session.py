@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from workbench.models.explain import CachedAttention, View
+from workbench.models.explain import CachedAttention, View, resize_nearest
 from workbench.viz import groups as gp_groups
 from workbench.viz.record import select_sites
 from workbench.viz.rollout import rollout_at as rollout
@@ -147,10 +147,7 @@ class Session:
             )
         if not mask.any():
             raise ValueError("the region is empty: it must hold at least one pixel")
-        on_view = torch.nn.functional.interpolate(
-            mask[None, None].float(), size=self.view.size, mode="nearest-exact"
-        )
-        return on_view[0, 0].bool()
+        return resize_nearest(mask, self.view.size)
 
     def attribute(
         self, target_class: int, region: np.ndarray, method: str = "occlusion", **options
