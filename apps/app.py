@@ -216,7 +216,7 @@ class Sessions:
             if loaded.detects:
                 entry = Entry(decoded, loaded.predictor(decoded.pixels, score_threshold=0.0))
             else:
-                entry = Entry(decoded, loaded.predictor.open(decoded.pixels))
+                entry = Entry(decoded, loaded.predictor.open(decoded.pixels, probs=False))  # labels suffice
         with self._lock:
             self._entries[key] = entry
             while len(self._entries) > settings.sessions:

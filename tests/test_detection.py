@@ -19,8 +19,8 @@ from workbench.data.coco import collate_detection
 from workbench.data.demo_detection import DemoDetection, ensure_demo_detection_set
 from workbench.engine import train
 from workbench.engine.detection import coco_metrics, coco_results, evaluate_detector
-from workbench.inference.detection_predictor import Detections
 from workbench.engine.optim import learning_rate
+from workbench.inference.detection_predictor import Detections
 from workbench.interop import export_state, load_pretrained
 from workbench.models.complexity import count_params
 from workbench.models.detection import create_detector, detector_info, list_detectors

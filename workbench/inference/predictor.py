@@ -52,12 +52,16 @@ class Prediction:
     model's input (the test-scale view; ``probs_on_image`` resizes them), the classes' colours."""
 
     labels: np.ndarray
-    probs: torch.Tensor
+    probs: torch.Tensor | None  # None where a session was opened without them (``open(probs=False)``)
     classes: Classes = field(repr=False)
 
     def probs_on_image(self) -> torch.Tensor:
         """Probabilities (K, H, W) at the image's size, bilinear (what the labels are the arg-max of).
         K x H x W floats: 7 GB for 150 classes on a 12 MP photo; ask for them only on small images."""
+        if self.probs is None:
+            raise ValueError(
+                "this prediction kept no probabilities (its session was opened with probs=False)"
+            )
         size = self.labels.shape
         return torch.nn.functional.interpolate(
             self.probs[None], size=size, mode="bilinear", align_corners=False
@@ -189,10 +193,12 @@ class Predictor:
     # ------------------------------------------------------------------ explain sessions
 
     @torch.no_grad()
-    def open(self, image: ImageSource) -> Session:
+    def open(self, image: ImageSource, probs: bool = True) -> Session:
         """Run the model once on ``image``'s canonical view (the test scale, whole, unflipped) keeping
         what queries need, and return the image's session; its ``prediction`` is the recipe's full
-        inference when that has more than the canonical view. Sessions are independent."""
+        inference when that has more than the canonical view. Sessions are independent. ``probs=False``
+        keeps no probabilities (K x h x w floats, 210 MB for 150 classes at 512x683): what a server
+        keeping many sessions wants when it shows labels only."""
         array, tensor = self.preprocess(image)
         view = View(tuple(tensor.shape[-2:]))
         with capture(self.model) as cached, autocast(self.precision, self.device):
@@ -202,6 +208,8 @@ class Predictor:
             prediction = self._prediction(array, logits.softmax(1))  # what predict_probs would compute
         else:
             prediction = self._predict(array, tensor)
+        if not probs:
+            prediction.probs = None
         return Session(array, view, cached, prediction, self)
 
     def set_image(self, image: ImageSource) -> Prediction:
