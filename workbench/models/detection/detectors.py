@@ -15,9 +15,10 @@ The heads are torchvision's, set up as the released configs: GPViT Mask R-CNN us
 Mask R-CNN the two-FC box head and a plain FPN. RetinaNet: 4-conv branches, 9 anchors
 (4 x stride x 2^(i/3), ratios 0.5, 1, 2), extra FPN levels P6, P7 by stride-2 3x3 convs without a
 ReLU between them (mmdet's default), on the FPN output (GPViT) or on C5 (HLG, ``start_level=1``).
+Anchors are mmdet's (``anchors.py``: configured strides, fractional base anchors), not torchvision's.
 Differences from mmdet 2.x that change no parameter count: torchvision's box regression of a
-two-stage head holds rows for the background class (mmdet's does not), its mask logits one more
-channel, and it rounds base anchors to whole pixels.
+two-stage head holds rows for the background class (mmdet's does not), and its mask logits one more
+channel.
 
 HLG-Large detection uses the detection config's depths 2-2-14-2 (the segmentation models use 18).
 """
@@ -35,7 +36,6 @@ from typing import Any
 import torch
 from torch import nn
 from torchvision.models.detection import MaskRCNN, RetinaNet
-from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.retinanet import RetinaNetHead
@@ -44,6 +44,7 @@ from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, LastLevelMaxP
 
 from workbench.config import IMAGENET_MEAN, IMAGENET_STD
 from workbench.models.detection.adapter import GPViTAdapter
+from workbench.models.detection.anchors import retinanet_anchors, rpn_anchors
 from workbench.models.gpvit import GPViT
 from workbench.models.hlg import HLG
 from workbench.models.registry import model_info
@@ -173,6 +174,7 @@ def mask_rcnn(
     model = WorkbenchMaskRCNN(
         backbone,
         **_transform_kwargs(kwargs),
+        rpn_anchor_generator=rpn_anchors(),
         box_head=box_head,
         box_predictor=FastRCNNPredictor(box_fc, num_classes + 1),
         mask_head=MaskRCNNHeads(fpn_channels, [fpn_channels] * 4, 1),
@@ -181,12 +183,6 @@ def mask_rcnn(
     )
     model.num_classes = num_classes
     return model
-
-
-def retinanet_anchors() -> AnchorGenerator:
-    """mmdet's RetinaNet anchors: sizes 4 x stride x 2^(i/3) (i = 0, 1, 2), ratios 0.5, 1, 2, P3-P7."""
-    sizes = tuple(tuple(4 * stride * 2 ** (i / 3) for i in range(3)) for stride in (8, 16, 32, 64, 128))
-    return AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * 5)
 
 
 def retinanet(
