@@ -171,6 +171,7 @@ def _convert(args: argparse.Namespace) -> None:
     from workbench.config import Config, ModelConfig
     from workbench.interop import load_pretrained
     from workbench.interop.checkpoint import is_checkpoint, save_weights
+    from workbench.interop.posgrid import parse_grid
 
     kwargs = {}
     for pair in args.model_arg:
@@ -181,6 +182,7 @@ def _convert(args: argparse.Namespace) -> None:
             kwargs[key] = yaml.safe_load(value)
         except yaml.YAMLError as error:
             raise ValueError(f"--model-arg {key}: {value!r} is not a YAML value ({error.problem})") from None
+    pos_grid = parse_grid(args.pos_grid) if args.pos_grid else None
     out = Path(args.out)
     _check_writable(out, "out")
     if is_checkpoint(out):  # a converted or trained checkpoint is never replaced silently
@@ -191,7 +193,9 @@ def _convert(args: argparse.Namespace) -> None:
         model = info.entrypoint(num_classes=classes, **kwargs)
     except TypeError as error:  # an unknown keyword reaches the constructor
         raise ValueError(f"--model-arg: {args.model} does not take these arguments ({error})") from None
-    report = load_pretrained(model, args.source, format=args.format, strict=not args.lenient)
+    report = load_pretrained(
+        model, args.source, format=args.format, strict=not args.lenient, pos_grid=pos_grid
+    )
     cfg = Config(task=info.task, model=ModelConfig(args.model, kwargs))
     cfg.data.num_classes = classes
     out.mkdir(parents=True, exist_ok=True)
@@ -348,6 +352,11 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         "--format", default="auto", choices=FORMATS, help="layout of the source; auto: detected from its keys"
     )
     convert.add_argument("--lenient", action="store_true", help="load what fits instead of refusing")
+    convert.add_argument(
+        "--pos-grid",
+        metavar="HxW",
+        help="position grid the source was saved at, in tokens (e.g. 24x32), when it cannot be read from it",
+    )
     convert.add_argument(
         "--model-arg",
         action="append",

@@ -171,6 +171,6 @@ MMDET_DETECTION = Format(
         any(k.startswith("neck.lateral_convs.") for k in keys)
         and any(k.startswith(("rpn_head.", "bbox_head.")) for k in keys)
     ),
-    convert=_from_mmdet,
+    convert=lambda state, model, known: _from_mmdet(state, model),
     export=to_mmdet,
 )

@@ -54,20 +54,20 @@ def _read_errors(path: Path) -> Iterator[None]:
     except pickle.UnpicklingError as error:
         if "Weights only load failed" not in str(error):  # not a pickle at all (e.g. a text file)
             raise ValueError(
-                f"cannot read {path} (truncated or not a checkpoint?): {_first_line(error)}"
+                f"cannot read {path} (truncated or not a checkpoint?): {first_line(error)}"
             ) from error
         raise ValueError(
             f"refused to load {path}: it holds pickled objects other than tensors (possibly code). Only "
             f"weights are read (torch.load(weights_only=True)); convert it to safetensors in a trusted "
-            f"environment. Detail: {_first_line(error)}"
+            f"environment. Detail: {first_line(error)}"
         ) from error
     except Exception as error:  # damaged or foreign bytes make the parsers raise almost anything
         raise ValueError(
-            f"cannot read {path} (truncated or not a checkpoint?): {_first_line(error)}"
+            f"cannot read {path} (truncated or not a checkpoint?): {first_line(error)}"
         ) from error
 
 
-def _first_line(error: BaseException) -> str:
+def first_line(error: BaseException) -> str:
     lines = str(error).strip().splitlines()
     return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
 

@@ -8,9 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:  # posgrid reads StateDict from here
+    from workbench.interop.posgrid import KnownGrid
 
 StateDict = dict[str, torch.Tensor]
 
@@ -19,17 +23,19 @@ StateDict = dict[str, torch.Tensor]
 class Format:
     """A released checkpoint layout.
 
-    ``detect(keys)`` tells it from the source's key names alone; ``convert(state, model)`` returns the
-    tensors under ``model``'s key names plus notes on what it dropped, resampled or detected (raising
-    a ValueError when the model cannot take this layout). ``fresh`` is a key fragment of model tensors
-    this layout never holds: left as initialised and reported, never counted as missing.
+    ``detect(keys)`` tells it from the source's key names alone; ``convert(state, model, known)``
+    returns the tensors under ``model``'s key names plus notes on what it dropped, resampled or
+    detected (raising a ValueError when the model cannot take this layout); ``known`` is the position
+    grid the caller gave or the file's saved size records (``posgrid.KnownGrid``), or None.
+    ``fresh`` is a key fragment of model tensors this layout never holds: left as initialised and
+    reported, never counted as missing.
     ``export(model)`` writes a model's tensors in this layout (for the layouts the workbench's own
     models were released in), so that a model round-trips through its official checkpoint layout.
     """
 
     name: str
     detect: Callable[[set[str]], bool]
-    convert: Callable[[StateDict, nn.Module], tuple[StateDict, list[str]]]
+    convert: Callable[[StateDict, nn.Module, KnownGrid | None], tuple[StateDict, list[str]]]
     fresh: str = ""
     export: Callable[[nn.Module], StateDict] | None = None
 

@@ -14,8 +14,8 @@ from torch import nn
 
 from workbench.interop.formats import Format, StateDict, part_of
 from workbench.interop.keymap import KeyMap, rename_keys
+from workbench.interop.posgrid import KnownGrid, fit_grid
 from workbench.models.gpvit import GPViT
-from workbench.models.layers import resample_pos_embed
 
 # Inside the backbone: (workbench, official), most specific first.
 BACKBONE = KeyMap(
@@ -92,12 +92,13 @@ def _checked(model: nn.Module) -> nn.Module:
     return model
 
 
-def _from_release(state: StateDict, model: nn.Module) -> tuple[StateDict, list[str]]:
+def _from_release(state: StateDict, model: nn.Module, known: KnownGrid | None) -> tuple[StateDict, list[str]]:
     """An official classifier or segmentor checkpoint -> ``model``: a dense model (segmentor, or
     detector with the GPViT in its adapter) takes the backbone (and a segmentor the heads, if the
     source has them) and drops the ImageNet classifier, and the final norm where its GPViT has none
     (the detection configs' ``final_norm=False``); position embeddings are resampled bicubically, as
-    mmcls does, to the model's pre-training grid."""
+    mmcls does, to the model's pre-training grid (the file's grid read by ``posgrid``: it has no
+    prefix tokens)."""
     prefix, backbone = part_of(model, GPViT, "gpvit", "GPViT models")
     converted, notes = _renamed(state, prefix), []
     if prefix:
@@ -112,13 +113,8 @@ def _from_release(state: StateDict, model: nn.Module) -> tuple[StateDict, list[s
         dropped = {*classifier, *final_norm}
         converted = {k: v for k, v in converted.items() if k not in dropped}
     key = prefix + "pos_embed"
-    if key in converted and converted[key].shape != backbone.pos_embed.shape:
-        side = round(converted[key].shape[1] ** 0.5)
-        converted[key] = resample_pos_embed(
-            converted[key], backbone.pretrain_grid, (side, side), rule="bicubic"
-        )
-        height, width = backbone.pretrain_grid
-        notes.append(f"resampled pos_embed {side}x{side} -> {height}x{width} (bicubic)")
+    if key in converted:
+        converted[key], _ = fit_grid(converted[key], (), backbone.pretrain_grid, known, "bicubic", notes)
     return converted, notes
 
 

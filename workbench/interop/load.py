@@ -19,10 +19,11 @@ from torch import nn
 from workbench.interop.checkpoint import EMA_WEIGHTS, is_checkpoint, weights_file
 from workbench.interop.detection import MMDET_DETECTION
 from workbench.interop.download import resolve_source
-from workbench.interop.files import read_state_dict
+from workbench.interop.files import first_line, read_state_dict
 from workbench.interop.formats import BACKBONE_PREFIXES, StateDict
 from workbench.interop.gpvit import GPVIT_RELEASE
 from workbench.interop.hlg import HLG_RELEASE
+from workbench.interop.posgrid import KnownGrid, saved_grid
 from workbench.interop.vit import DEIT, JAX, MMSEG_SETR, SETR_OFFICIAL, TIMM
 
 # Release layouts in detection order: the most specific key patterns first.
@@ -77,7 +78,12 @@ def detect_format(state: StateDict, model: nn.Module) -> str:
 
 
 def load_pretrained(
-    model: nn.Module, source: str | Path, format: str = "auto", strict: bool = True, ema: bool = False
+    model: nn.Module,
+    source: str | Path,
+    format: str = "auto",
+    strict: bool = True,
+    ema: bool = False,
+    pos_grid: tuple[int, int] | None = None,
 ) -> LoadReport:
     """Load ``source`` into ``model``; see ``LoadReport``.
 
@@ -86,13 +92,21 @@ def load_pretrained(
     releases) fill a dense model's backbone, a segmentor's or a detector's, and keep the rest (heads,
     a detector's adapter and FPN) as initialised (``kept``); what only a classifier has (its head, a
     final norm the dense model lacks) is dropped and noted. A classifier whose class count differs is
-    dropped (reported). Position embeddings are resampled to the model's grid. With ``strict``, any
-    missing, unexpected or mis-shaped tensor (outside those documented cases) raises a ValueError
-    whose text is the report, and nothing is loaded.
+    dropped (reported). Position embeddings are resampled to the model's grid; the grid the file holds
+    is ``pos_grid`` (rows, columns of tokens) when given, else read as ``interop.posgrid`` says (a
+    ``config.json`` beside the file, the model, a square), and a file that reads several ways is
+    refused. With ``strict``, any missing, unexpected or mis-shaped tensor (outside those documented
+    cases) raises a ValueError whose text is the report, and nothing is loaded. Every failure is a
+    ValueError.
     """
     if format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
+    known = KnownGrid.given(pos_grid) if pos_grid is not None else None
     workbench_source = format == "workbench" or (format == "auto" and is_checkpoint(source))
+    if known is not None and workbench_source:
+        raise ValueError(
+            "pos_grid is for released checkpoints; a workbench checkpoint holds its model's grid"
+        )
     if ema and not workbench_source:
         raise ValueError(f"ema=True needs a workbench checkpoint with {EMA_WEIGHTS}; {source} is not one")
     path = weights_file(source, ema) if workbench_source else resolve_source(source)
@@ -102,7 +116,7 @@ def load_pretrained(
     if kind == "workbench":  # the model's own layout: nothing to convert
         converted, fresh = dict(state), ""
     else:
-        converted, notes = _RELEASE_NAMED[kind].convert(state, model)
+        converted, notes = _convert(state, model, kind, known or saved_grid(path, state), source)
         report.notes += notes
         fresh = _RELEASE_NAMED[kind].fresh
     expected = model.state_dict()
@@ -133,6 +147,18 @@ def load_pretrained(
     model.load_state_dict({**expected, **{k: v.to(expected[k].dtype) for k, v in loadable.items()}})
     report.loaded = sorted(loadable)
     return report
+
+
+def _convert(
+    state: StateDict, model: nn.Module, kind: str, known: KnownGrid | None, source: str | Path
+) -> tuple[StateDict, list[str]]:
+    """``state`` in layout ``kind`` -> ``model``'s key names, and notes; any failure a ValueError."""
+    try:
+        return _RELEASE_NAMED[kind].convert(state, model, known)
+    except ValueError:
+        raise
+    except Exception as error:  # a tensor the layout does not expect makes torch raise almost anything
+        raise ValueError(f"cannot convert {source} as a {kind} checkpoint: {first_line(error)}") from error
 
 
 def export_state(model: nn.Module, format: str) -> StateDict:

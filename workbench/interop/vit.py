@@ -3,6 +3,14 @@ SETR release and mmseg 1.x SETR (see the key tables in the SETR specification).
 
 Every layout is a key map (``KeyMap``) plus the few tensor layout changes JAX needs; each contributes
 a format entry (``TIMM``, ``DEIT``, ``JAX``, ``SETR_OFFICIAL``, ``MMSEG_SETR``).
+
+Prefix tokens: the class token and its position entry load as they are, or, for a source that adds
+no position to it (timm's ``no_embed_class``, DeiT-3), with a zero entry, which leaves the encoder's
+tokens those of the source; the distillation token is dropped (SETR-DeiT's rule). Register tokens
+(``reg_token``, e.g. DINOv2 with registers) are refused: every block attends to them and SETR's
+encoder, timm's ``VisionTransformer`` built without ``reg_tokens`` and adding only a class token in
+its ``_pos_embed``, cannot hold them, so no load could give the source's features. The grid of the
+position embedding is read by ``workbench.interop.posgrid``.
 """
 
 from __future__ import annotations
@@ -12,7 +20,7 @@ from torch import nn
 
 from workbench.interop.formats import Format, StateDict, part_of
 from workbench.interop.keymap import KeyMap, rename_keys
-from workbench.models.layers import resample_pos_embed
+from workbench.interop.posgrid import KnownGrid, fit_grid
 from workbench.models.setr import SETR
 
 # Google's ViT .npz names ("/" read as ".") -> timm's. q, k and v arrive apart (fused below) and
@@ -144,10 +152,19 @@ def _jax_lacks(key: str) -> ValueError:
     return ValueError(f"the .npz lacks the array {name!r} of Google's ViT layout")
 
 
-def encoder_from_timm(state: StateDict, encoder: nn.Module, notes: list[str]) -> StateDict:
+def encoder_from_timm(
+    state: StateDict, encoder: nn.Module, notes: list[str], known: KnownGrid | None
+) -> StateDict:
     """timm-named encoder tensors -> our SETR encoder's (no prefix): drops the final norm and the
     classifiers, the DeiT distillation token and its position entry, the class token for MLA, and
-    resamples the position grid bilinearly (SETR's rule) to the encoder's."""
+    resamples the position grid bilinearly (SETR's rule) to the encoder's; refuses register tokens."""
+    if "reg_token" in state:
+        registers = state["reg_token"].shape[1]
+        raise ValueError(
+            f"the checkpoint has {registers} register tokens (reg_token), which every block attends to; "
+            f"SETR's encoder holds none, so its features would differ: load it into a timm "
+            f"VisionTransformer built with reg_tokens={registers}"
+        )
     dropped = [k for k in state if k.startswith(("norm.", "head", "fc_norm.", "pre_logits", "dist_token"))]
     if dropped:
         notes.append(
@@ -155,39 +172,46 @@ def encoder_from_timm(state: StateDict, encoder: nn.Module, notes: list[str]) ->
         )
     out = {k: v for k, v in state.items() if k not in dropped}
     if "pos_embed" in out:
-        pos = out["pos_embed"]
-        prefix = 1 + int("dist_token" in state)
-        grid_tokens = pos.shape[1] - prefix
-        side = round(grid_tokens**0.5)
-        if side * side != grid_tokens:  # no class token at all (e.g. an MLA-style file)
-            prefix, side = 0, round(pos.shape[1] ** 0.5)
-        cls, grid = pos[:, :1] if prefix else pos[:, :0], pos[:, prefix:]
-        target = tuple(encoder.patch_embed.grid_size)
-        if (side, side) != target:
-            grid = resample_pos_embed(grid, target, (side, side), rule="bilinear")
-            notes.append(f"resampled pos_embed {side}x{side} -> {target[0]}x{target[1]} (bilinear)")
-        keep_cls = encoder.num_prefix_tokens > 0
-        if prefix == 2:
-            notes.append("dropped the distillation token's position entry")
-        out["pos_embed"] = torch.cat([cls, grid], dim=1) if keep_cls else grid
-        if not keep_cls:
+        out["pos_embed"] = _encoder_pos_embed(state, encoder, notes, known)
+        if encoder.cls_token is None:
             out.pop("cls_token", None)
             notes.append("dropped cls_token and its position entry (MLA runs without the class token)")
     return out
+
+
+def _encoder_pos_embed(
+    state: StateDict, encoder: nn.Module, notes: list[str], known: KnownGrid | None
+) -> torch.Tensor:
+    """The source's (1, N, C) ``pos_embed`` as the encoder holds it: (1, [1 +] H*W, C) on its grid."""
+    pos = state["pos_embed"]
+    prefix = [k for k in ("cls_token", "dist_token") if k in state]  # timm's order in pos_embed
+    grid, entries = fit_grid(pos, prefix, tuple(encoder.patch_embed.grid_size), known, "bilinear", notes)
+    if encoder.cls_token is None:
+        return grid
+    if "dist_token" in prefix and entries:
+        notes.append("dropped the distillation token's position entry")
+    if not entries and "cls_token" in prefix:
+        notes.append(
+            "the source's class token has no position entry (no_embed_class): a zero entry stands for "
+            "it, so the class token enters the blocks as it did there"
+        )
+    return torch.cat([pos[:, :1] if entries else pos.new_zeros(1, 1, pos.shape[2]), grid], dim=1)
 
 
 def _setr(model: nn.Module, format_name: str) -> SETR:
     return part_of(model, SETR, format_name, "SETR segmentors")[1]
 
 
-def _from_timm(state: StateDict, model: nn.Module, format_name: str = "timm") -> tuple[StateDict, list[str]]:
+def _from_timm(
+    state: StateDict, model: nn.Module, known: KnownGrid | None, format_name: str = "timm"
+) -> tuple[StateDict, list[str]]:
     notes: list[str] = []
-    encoder = encoder_from_timm(state, _setr(model, format_name).backbone, notes)
+    encoder = encoder_from_timm(state, _setr(model, format_name).backbone, notes, known)
     return {"backbone." + k: v for k, v in encoder.items()}, notes
 
 
-def _from_jax(state: StateDict, model: nn.Module) -> tuple[StateDict, list[str]]:
-    converted, notes = _from_timm(jax_to_timm(state), model, "jax")
+def _from_jax(state: StateDict, model: nn.Module, known: KnownGrid | None) -> tuple[StateDict, list[str]]:
+    converted, notes = _from_timm(jax_to_timm(state), model, known, "jax")
     absent = [k for k in model.backbone.state_dict() if "backbone." + k not in converted]
     if absent:
         raise _jax_lacks(absent[0])
@@ -217,7 +241,9 @@ def _split_backbone(state: StateDict) -> tuple[StateDict, StateDict]:
     return backbone, others
 
 
-def _from_setr_release(state: StateDict, model: nn.Module, mmseg: bool) -> tuple[StateDict, list[str]]:
+def _from_setr_release(
+    state: StateDict, model: nn.Module, known: KnownGrid | None, mmseg: bool
+) -> tuple[StateDict, list[str]]:
     """An official (fudan-zvg) or mmseg 1.x SETR segmentor checkpoint -> ``model``."""
     setr = _setr(model, "mmseg_setr" if mmseg else "setr_official")
     notes: list[str] = []
@@ -232,7 +258,7 @@ def _from_setr_release(state: StateDict, model: nn.Module, mmseg: bool) -> tuple
             notes.append(f"dropped {len(unused)} tensors of the official heads' unused conv_seg")
         table = OFFICIAL_MLA if setr.decoder == "mla" else _official_up_heads(setr)
         heads = rename_keys({k: v for k, v in others.items() if k not in unused}, table.to_ours)
-    encoder = encoder_from_timm(backbone, setr.backbone, notes)
+    encoder = encoder_from_timm(backbone, setr.backbone, notes, known)
     return {**{"backbone." + k: v for k, v in encoder.items()}, **heads}, notes
 
 
@@ -257,7 +283,11 @@ def _to_setr_release(model: nn.Module, mmseg: bool) -> StateDict:
 TIMM = Format(
     "timm", detect=lambda keys: any(k.startswith("blocks.0.attn.qkv") for k in keys), convert=_from_timm
 )
-DEIT = Format("deit", detect=lambda keys: "dist_token" in keys, convert=lambda s, m: _from_timm(s, m, "deit"))
+DEIT = Format(
+    "deit",
+    detect=lambda keys: "dist_token" in keys,
+    convert=lambda s, m, known: _from_timm(s, m, known, "deit"),
+)
 JAX = Format(
     "jax",
     detect=lambda keys: any(k.startswith("Transformer/") or k == "embedding/kernel" for k in keys),
@@ -266,12 +296,12 @@ JAX = Format(
 MMSEG_SETR = Format(
     "mmseg_setr",
     detect=lambda keys: any(k.endswith("attn.attn.in_proj_weight") for k in keys),
-    convert=lambda s, m: _from_setr_release(s, m, mmseg=True),
+    convert=lambda s, m, known: _from_setr_release(s, m, known, mmseg=True),
     export=lambda m: _to_setr_release(m, mmseg=True),
 )
 SETR_OFFICIAL = Format(
     "setr_official",
     detect=lambda keys: any(k.startswith("backbone.blocks.0.") for k in keys),
-    convert=lambda s, m: _from_setr_release(s, m, mmseg=False),
+    convert=lambda s, m, known: _from_setr_release(s, m, known, mmseg=False),
     export=lambda m: _to_setr_release(m, mmseg=False),
 )
