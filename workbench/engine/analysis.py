@@ -3,14 +3,20 @@ purity, and the figures that compare model families.
 
     result = review(model, val_set, cfg.eval)         # metrics, confusion matrix, the worst images
     dataset_group_purity(predictor, val_set, count=32)  # GP block -> (purity, NMI), averaged
+    dataset_attention_distances(model, val_set, 16)     # site -> (heads,) pixels, averaged
+    dataset_receptive_field(model, val_set, 16)         # (H, W) effective receptive field
     family_summary(predictor, val_set)                  # params, GFLOPs, attention distance, ERF, mIoU
 
 Each reads the data set's images through its own ``load`` (uint8 image, labels) and its test view
-through ``dataset[index]`` (the evaluation's preprocessing), so the numbers are the evaluation's.
+through ``dataset[index]`` (the evaluation's preprocessing), so the numbers are the evaluation's. Test
+views go through the model one image at a time, as their sizes may differ (ADE20K's keep each image's
+aspect ratio), on the model's device and in its dtype; results come back on the CPU.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +27,7 @@ from torch import nn
 
 from workbench.config import EvalConfig
 from workbench.engine.evaluate import ConfusionMatrix, predict_probs
+from workbench.engine.precision import model_device_dtype
 from workbench.inference.predictor import Predictor
 from workbench.models.complexity import count_gmacs, count_params
 from workbench.models.layers import pad_for
@@ -65,12 +72,30 @@ def _limit(dataset: Any, count: int | None) -> range:
     return range(len(dataset) if count is None else min(count, len(dataset)))
 
 
+@contextmanager
+def _evaluating(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` in eval mode for the block, its own mode restored after."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+def _test_views(model: nn.Module, dataset: Any, count: int | None) -> Iterator[torch.Tensor]:
+    """The test view of each of the first ``count`` images, padded for ``model``: (1, C, H, W) on the
+    CPU, one at a time (sizes may differ)."""
+    for index in _limit(dataset, count):
+        yield pad_for(model, dataset[index][0][None])
+
+
 def _predict(
-    model: nn.Module, dataset: Any, index: int, eval_cfg: EvalConfig, device: torch.device | str
+    model: nn.Module, dataset: Any, index: int, eval_cfg: EvalConfig
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The evaluation's prediction (H, W) of image ``index`` at its labels' size, and the labels."""
     inputs, labels = dataset[index]
-    probs = predict_probs(model, inputs[None].to(device), eval_cfg, model.num_classes)
+    probs = predict_probs(model, inputs[None].to(*model_device_dtype(model)), eval_cfg, model.num_classes)
     probs = F.interpolate(probs, size=labels.shape, mode="bilinear", align_corners=False)
     return probs[0].argmax(0).cpu(), labels
 
@@ -82,30 +107,26 @@ def review(
     eval_cfg: EvalConfig | None = None,
     worst: int = 4,
     count: int | None = None,
-    device: torch.device | str = "cpu",
 ) -> Review:
     """Evaluate ``model`` image by image on the first ``count`` images of ``dataset`` (all by default):
     the summed metrics and confusion matrix (those of ``evaluate``), each image's mIoU, and the
-    ``worst`` images kept with their pictures. The model runs in eval mode (its mode is restored)."""
+    ``worst`` images kept with their pictures. The model runs in eval mode (its mode is restored), on
+    its device and in its dtype."""
     eval_cfg = eval_cfg or EvalConfig()
     num_classes = model.num_classes
     names = getattr(getattr(dataset, "classes", None), "names", None)
-    was_training = model.training
-    model.eval()
     total = ConfusionMatrix(num_classes)
     scores, kept = [], []
-    try:
+    with _evaluating(model):
         for index in _limit(dataset, count):
-            prediction, labels = _predict(model, dataset, index, eval_cfg, device)
+            prediction, labels = _predict(model, dataset, index, eval_cfg)
             total.update(prediction, labels)
             scores.append(ImageScore(index, _image_miou(prediction, labels, num_classes)))
         for score in sorted(scores, key=lambda s: s.miou)[:worst]:  # predicted again: nothing is stored
-            prediction, labels = _predict(model, dataset, score.index, eval_cfg, device)
+            prediction, labels = _predict(model, dataset, score.index, eval_cfg)
             image, _ = dataset.load(score.index)
             pictures = (image.permute(1, 2, 0).numpy(), labels.numpy(), prediction.numpy())
             kept.append(ImageScore(score.index, score.miou, *pictures))
-    finally:
-        model.train(was_training)
     return Review(total.metrics(names), total.matrix, scores, kept)
 
 
@@ -129,29 +150,58 @@ def dataset_group_purity(
     return {block: tuple(float(v) for v in np.mean(values, axis=0)) for block, values in scores.items()}
 
 
+def dataset_attention_distances(
+    model: nn.Module, dataset: Any, count: int | None = None, layers: list[int | str] | None = None
+) -> dict[str, torch.Tensor]:
+    """``attention_distances`` of the recorded sites (``layers``; None: all) over the test views of the
+    first ``count`` images of ``dataset``, one image at a time, averaged: site -> (heads,) pixels. Eval
+    mode (the model's own restored)."""
+    with _evaluating(model):
+        per_image = [attention_distances(model, view, layers) for view in _test_views(model, dataset, count)]
+    return {site: torch.stack([distances[site] for distances in per_image]).mean(0) for site in per_image[0]}
+
+
+def _centre_crop(field_map: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """The (height, width) window of ``field_map`` (H, W) whose centre pixel is the map's."""
+    top, left = field_map.shape[0] // 2 - height // 2, field_map.shape[1] // 2 - width // 2
+    return field_map[top : top + height, left : left + width]
+
+
+def dataset_receptive_field(model: nn.Module, dataset: Any, count: int | None = None) -> torch.Tensor:
+    """The effective receptive field of the centre pixel over the test views of the first ``count``
+    images of ``dataset``: (H, W), maximum 1. Each image's ``effective_receptive_field`` (its maximum 1)
+    is cropped around its centre pixel to the smallest view's size, so the centres line up, and the
+    crops are averaged. Eval mode (the model's own restored)."""
+    with _evaluating(model):
+        fields = [effective_receptive_field(model, view) for view in _test_views(model, dataset, count)]
+    height, width = min(f.shape[0] for f in fields), min(f.shape[1] for f in fields)
+    mean = torch.stack([_centre_crop(f, height, width) for f in fields]).mean(0)
+    peak = mean.max()
+    return mean / peak if peak > 0 else mean
+
+
 def family_summary(predictor: Predictor, dataset: Any, count: int = 8, mass: float = 0.5) -> dict[str, float]:
     """What ``07_compare_families`` sets side by side for one model, over the first ``count`` images:
 
     - ``params_M``: learnable parameters (millions); ``GFLOPs``: multiply-adds of one forward at the
-      data set's test input size;
+      test input size of the data set's first image;
     - ``attention_distance_px``: mean attention distance (pixels) over the backbone's attention sites
-      and heads (``attention_distances``; GPViT's GP blocks through their groups), decode heads left out;
+      and heads (``dataset_attention_distances``; GPViT's GP blocks through their groups), decode heads
+      left out;
     - ``erf_radius_px``: radius around the centre pixel holding ``mass`` of the effective receptive
-      field (``effective_receptive_field`` over the images, ``receptive_field_radius``);
+      field (``dataset_receptive_field``, ``receptive_field_radius``);
     - ``mIoU``: on those images (``review``).
     """
-    model = predictor.model.eval()
-    indices = _limit(dataset, count)
-    images = pad_for(model, torch.stack([dataset[index][0] for index in indices]))
+    model = predictor.model
     backbone_sites = [name for name in predictor.sites() if not name.startswith("decode_head")]
-    distances = attention_distances(model, images, backbone_sites)
-    field_map = effective_receptive_field(model, images)
+    distances = dataset_attention_distances(model, dataset, count, backbone_sites)
+    first_view = next(_test_views(model, dataset, 1))
     return {
         "params_M": count_params(model) / 1e6,
-        "GFLOPs": count_gmacs(model, tuple(images.shape[-2:])),
+        "GFLOPs": count_gmacs(model, tuple(first_view.shape[-2:])),
         "attention_distance_px": float(torch.cat([d.flatten() for d in distances.values()]).mean()),
-        "erf_radius_px": receptive_field_radius(field_map, mass=mass),
-        "mIoU": review(model, dataset, predictor.eval_cfg, worst=0, count=len(indices)).metrics["mIoU"],
+        "erf_radius_px": receptive_field_radius(dataset_receptive_field(model, dataset, count), mass=mass),
+        "mIoU": review(model, dataset, predictor.eval_cfg, worst=0, count=count).metrics["mIoU"],
     }
 
 

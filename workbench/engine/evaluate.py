@@ -103,7 +103,7 @@ def predict_probs(model: nn.Module, images: torch.Tensor, cfg: EvalConfig, num_c
     With ``cfg.min_short_side`` no scaled short side goes below it (SETR's rule for fixed-size ViTs).
     """
     height, width = images.shape[-2:]
-    total = images.new_zeros(images.shape[0], num_classes, height, width)
+    total = images.new_zeros(images.shape[0], num_classes, height, width, dtype=torch.float32)
     views = 0
     for ratio in cfg.scales:
         factor = max(ratio, cfg.min_short_side / min(height, width)) if cfg.min_short_side else ratio

@@ -88,6 +88,16 @@ def run_precision(precision: str, device: torch.device | str) -> Precision:
     return chosen
 
 
+def model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
+    """Where ``model`` runs and what its floating inputs must be: the device of its first parameter and
+    the dtype of its first floating parameter (no parameters: the CPU and the default dtype). Functions
+    that run a model move their inputs with ``inputs.to(*model_device_dtype(model))``."""
+    parameters = list(model.parameters())
+    device = parameters[0].device if parameters else torch.device("cpu")
+    dtype = next((p.dtype for p in parameters if p.is_floating_point()), torch.get_default_dtype())
+    return device, dtype
+
+
 @contextlib.contextmanager
 def autocast(precision: Precision, device: torch.device | str) -> Iterator[None]:
     """``torch.autocast`` to ``precision`` on ``device``'s type; nothing for fp32."""

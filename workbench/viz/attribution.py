@@ -6,7 +6,8 @@ wraps the model to return that score and the region travels as a forward argumen
 ``additional_forward_args`` along the batch with the inputs; a closure over the mask would break for
 batches larger than one).
 
-Methods (``attribute(..., method=...)``):
+Methods (``attribute(..., method=...)``; each function takes the score, the images and the region's
+weights on the model's device and in its dtype, where ``attribute`` puts them):
 
 - ``integrated_gradients`` (Sundararajan et al. 2017): path integral of gradients from a baseline
   (default zeros: the mean image after normalisation); completeness ``sum(map) = F(x) - F(baseline)``
@@ -36,6 +37,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
+
+from workbench.engine.precision import model_device_dtype
 
 # captum is imported inside each method: its import takes ~1.4 s and pulls in matplotlib.pyplot, a cost
 # every ``import workbench.viz`` (the Predictor, the app) would pay for a feature few calls use.
@@ -214,7 +217,9 @@ def attribute(
 
     Returns:
         ``Attribution`` with maps (B, H, W), the per-channel attributions summed (signed, so integrated
-        gradients keep their completeness), and IG's convergence delta.
+        gradients keep their completeness), and IG's convergence delta, on ``images``' device and in
+        its dtype. The methods run on the model's device and dtype, ``images`` and any tensor among
+        ``options`` (a ``baselines`` batch) moved there.
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {sorted(METHODS)}, got {method!r}")
@@ -230,16 +235,20 @@ def attribute(
         raise ValueError(f"target_class must be an int class index, got {target_class!r}")
     if num_classes is not None and not 0 <= target_class < num_classes:
         raise ValueError(f"target_class must lie in [0, {num_classes}), got {target_class}")
-    mask = region_mask(region, images.shape[0], tuple(images.shape[-2:])).to(images)
+    device, dtype = model_device_dtype(model)
+    inputs = images.to(device, dtype)
+    mask = region_mask(region, images.shape[0], tuple(images.shape[-2:])).to(device, dtype)
+    options = {name: v.to(device, dtype) if isinstance(v, torch.Tensor) else v for name, v in options.items()}
     score = RegionScore(model, int(target_class))
     was_training = model.training
     model.eval()  # dropout off, batch-norm statistics frozen: attributions of the deployed model
     try:
-        result = function(score, images, mask, **options)
+        result = function(score, inputs, mask, **options)
     finally:
         model.train(was_training)
     attributions, delta = result if isinstance(result, tuple) else (result, None)
-    return Attribution(attributions.sum(dim=1).detach(), None if delta is None else delta.detach(), method)
+    maps = attributions.detach().float().sum(dim=1).to(images)  # channels summed in fp32
+    return Attribution(maps, None if delta is None else delta.detach().to(images), method)
 
 
 def _pair(value: int | tuple[int, int], name: str) -> tuple[int, int]:

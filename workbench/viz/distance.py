@@ -26,6 +26,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from workbench.engine.precision import model_device_dtype
 from workbench.models.explain import AttentionMap, CachedAttention, CrossLayout, TokenGrid, WindowLayout
 from workbench.viz.groups import gp_sites, site_probs
 from workbench.viz.record import record
@@ -119,13 +120,15 @@ def attention_distances(
     batch_size: int = 4,
 ) -> dict[str, torch.Tensor]:
     """Mean attention distance (heads,) of every recorded site of ``model`` over ``images``
-    (B, C, H, W), ``batch_size`` images per forward; a GPViT ungrouping site reports the distance
-    through its groups (``gp_attention_distance``; record its grouping site too). Eval mode, no grad."""
+    (B, C, H, W), ``batch_size`` images per forward on the model's device and in its dtype; a GPViT
+    ungrouping site reports the distance through its groups (``gp_attention_distance``; record its
+    grouping site too). Eval mode, no grad. Distances come back on ``images``' device, in its dtype."""
     if images.ndim != 4 or images.shape[0] == 0:
         raise ValueError(f"images must be a non-empty batch (B, C, H, W), got {tuple(images.shape)}")
+    device, dtype = model_device_dtype(model)
     sums: dict[str, torch.Tensor] = {}
     for start in range(0, images.shape[0], batch_size):
-        batch = images[start : start + batch_size]
+        batch = images[start : start + batch_size].to(device, dtype)  # a batch at a time on the device
         with torch.no_grad(), record(model, layers) as recording:
             model(batch)
         maps = recording.attention
@@ -136,4 +139,4 @@ def attention_distances(
             else:
                 distance = mean_attention_distance(attention)
             sums[name] = sums.get(name, 0) + distance * batch.shape[0]
-    return {name: total / images.shape[0] for name, total in sums.items()}
+    return {name: (total / images.shape[0]).to(images) for name, total in sums.items()}

@@ -229,7 +229,11 @@ def attention_distance_figure(
 
 
 def _numpy(values: ArrayLike) -> np.ndarray:
-    return values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
+    """A tensor from any device, in any dtype (numpy has no bfloat16: those become float32), or an array."""
+    if not isinstance(values, torch.Tensor):
+        return np.asarray(values)
+    values = values.detach().cpu()
+    return (values.float() if values.dtype == torch.bfloat16 else values).numpy()
 
 
 def _rgb(image: ArrayLike) -> np.ndarray:

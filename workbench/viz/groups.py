@@ -23,6 +23,7 @@ from typing import TypeVar
 import torch
 from torch import nn
 
+from workbench.engine.precision import model_device_dtype
 from workbench.models.explain import AttentionMap, CachedAttention, attention_probs
 from workbench.models.gpvit import GPBlock, GroupPropagation
 
@@ -129,7 +130,8 @@ def token_mixing(propagation: GroupPropagation | GPBlock, groups: torch.Tensor |
     scale is not the mixer's. With ``groups`` (B, G, C), the mixer's input (the grouping output), it
     is the Jacobian of the token-mixing branch at those groups, averaged over images and channels:
     fc2.W diag(mean act'(fc1 LN(groups))) fc1.W, exact for this input (LayerNorm and the residual
-    path left out, the latter adds the identity).
+    path left out, the latter adds the identity). The mixer runs on its device and dtype; the matrix
+    comes back on ``groups``' device and in its dtype (without ``groups``: the weights').
     """
     if isinstance(propagation, GPBlock):
         propagation = propagation.propagation
@@ -139,10 +141,11 @@ def token_mixing(propagation: GroupPropagation | GPBlock, groups: torch.Tensor |
     num_groups = mlp.fc1.in_features
     if groups.ndim != 3 or groups.shape[1] != num_groups:
         raise ValueError(f"groups must be (B, {num_groups}, C), got {tuple(groups.shape)}")
+    inputs = groups.to(*model_device_dtype(propagation))
     with torch.enable_grad():
-        hidden = mlp.fc1(propagation.norm1(groups).transpose(1, 2)).detach().requires_grad_()
+        hidden = mlp.fc1(propagation.norm1(inputs).transpose(1, 2)).detach().requires_grad_()
         (slope,) = torch.autograd.grad(mlp.act(hidden).sum(), hidden)  # act' elementwise
-    return mlp.fc2.weight @ (slope.mean((0, 1))[:, None] * mlp.fc1.weight)
+    return (mlp.fc2.weight @ (slope.mean((0, 1))[:, None] * mlp.fc1.weight)).to(groups)
 
 
 def gp_blocks(model: nn.Module) -> dict[str, GPBlock]:
@@ -159,18 +162,19 @@ def gp_blocks(model: nn.Module) -> dict[str, GPBlock]:
 
 
 def propagation_inputs(model: nn.Module, images: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The groups (B, G, C) each GP block's mixer receives for ``images``, by block name."""
+    """The groups (B, G, C) each GP block's mixer receives for ``images``, by block name. The model
+    runs on its device and dtype; the groups come back on ``images``' device and in its dtype."""
     blocks = gp_blocks(model)
     inputs: dict[str, torch.Tensor] = {}
     handles = [
         block.propagation.register_forward_pre_hook(
-            lambda _m, args, name=name: inputs.__setitem__(name, args[0].detach())
+            lambda _m, args, name=name: inputs.__setitem__(name, args[0].detach().to(images))
         )
         for name, block in blocks.items()
     ]
     try:
         with torch.no_grad():
-            model(images)
+            model(images.to(*model_device_dtype(model)))
     finally:
         for handle in handles:
             handle.remove()

@@ -23,6 +23,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
+from workbench.engine.precision import model_device_dtype
 from workbench.models.explain import AttentionMap, CachedAttention, attention_probs
 from workbench.viz.record import record
 
@@ -156,7 +157,7 @@ def region_target(
     logits: torch.Tensor, target_class: int, region: torch.Tensor | None = None
 ) -> torch.Tensor:
     """The scalar F = sum of class ``target_class``'s logits (B, K, H, W) over ``region`` (a bool mask
-    (H, W) or (B, H, W); None: every pixel)."""
+    (H, W) or (B, H, W), on any device; None: every pixel)."""
     classes = logits.shape[1]
     if not 0 <= target_class < classes:
         raise ValueError(f"target_class must be in [0, {classes}), got {target_class}")
@@ -169,7 +170,7 @@ def region_target(
         )
     if not region.any():
         raise ValueError("region is empty: mark at least one pixel")
-    return (scores * region.to(scores.dtype)).sum()
+    return (scores * region.to(scores)).sum()
 
 
 def attention_relevance(
@@ -206,10 +207,11 @@ def segment_relevance(
     F = ``region_target``; dF/dA from maps on the forward's autograd path (``record(keep_grad=True)``;
     the gradient is taken with ``torch.autograd.grad``, so no parameter's ``.grad`` changes). The map
     is the relevance rows of the region's tokens, each weighted by its number of region pixels (a
-    pixel's relevance is its token's), prefix columns dropped. Run the model in eval mode.
+    pixel's relevance is its token's), prefix columns dropped. Run the model in eval mode. The model
+    runs on its device and dtype; the map comes back on ``images``' device, in its dtype.
     """
     with record(model, layers, keep_grad=True) as recording:
-        logits = model(images)
+        logits = model(images.to(*model_device_dtype(model)))
     maps = _self_sites(recording.attention)
     target = region_target(logits, target_class, region)
     grads = torch.autograd.grad(target, [attention.probs for attention in maps])
@@ -226,7 +228,7 @@ def segment_relevance(
     prefix = layout.num_prefix_tokens
     queries = relevance[:, prefix:, prefix:]  # grid queries, grid keys
     on_grid = (weights[:, None] @ queries)[:, 0] / weights.sum(-1, keepdim=True)
-    return tokens.to_image(on_grid.reshape(-1, rows, cols))
+    return tokens.to_image(on_grid.reshape(-1, rows, cols)).to(images)
 
 
 # --------------------------------------------------------------------------- receptive field
@@ -243,18 +245,19 @@ def effective_receptive_field(
     |dF/d images| summed over colour channels and averaged over the batch, F the logit of class
     ``target_class`` (None: all classes' logits summed) at ``point`` (y, x) of the model input
     (default: the centre pixel), normalised by its maximum. Works on any model mapping (B, C, H, W)
-    to logits (B, K, H, W); run it in eval mode on a batch of images to compare families.
+    to logits (B, K, H, W); run it in eval mode on a batch of images to compare families. The model
+    runs on its device and dtype; the field comes back on ``images``' device, in its dtype.
     """
     height, width = images.shape[-2:]
     y, x = point if point is not None else (height // 2, width // 2)
     if not (0 <= y < height and 0 <= x < width):
         raise ValueError(f"point ({y}, {x}) is outside the {height}x{width} input")
-    images = images.detach().requires_grad_()
-    logits = model(images)
+    inputs = images.detach().to(*model_device_dtype(model)).requires_grad_()
+    logits = model(inputs)
     if target_class is not None and not 0 <= target_class < logits.shape[1]:
         raise ValueError(f"target_class must be in [0, {logits.shape[1]}) or None, got {target_class}")
     pixel = logits[:, :, y, x] if target_class is None else logits[:, target_class, y, x]
-    (grad,) = torch.autograd.grad(pixel.sum(), images)
-    field = grad.abs().sum(1).mean(0)
+    (grad,) = torch.autograd.grad(pixel.sum(), inputs)
+    field = grad.float().abs().sum(1).mean(0)  # summed in fp32 whatever the model's dtype
     peak = field.max()
-    return field / peak if peak > 0 else field
+    return (field / peak if peak > 0 else field).to(images)
