@@ -80,8 +80,8 @@ def slide_logits(
     batch, _, height, width = images.shape
     rows = max(height - window + stride - 1, 0) // stride + 1
     cols = max(width - window + stride - 1, 0) // stride + 1
-    logits = images.new_zeros(batch, num_classes, height, width)
-    count = images.new_zeros(1, 1, height, width)
+    logits = images.new_zeros(batch, num_classes, height, width, dtype=torch.float32)
+    count = images.new_zeros(1, 1, height, width, dtype=torch.float32)
     for r in range(rows):
         for c in range(cols):
             bottom, right = min(r * stride + window, height), min(c * stride + window, width)
@@ -94,7 +94,7 @@ def slide_logits(
                     model, images[:, :, top:bottom, left:right]
                 )
             count[:, :, top:bottom, left:right] += 1
-    return logits / count
+    return logits.div_(count)  # in place: K x H x W floats are the largest tensor here
 
 
 def predict_probs(model: nn.Module, images: torch.Tensor, cfg: EvalConfig, num_classes: int) -> torch.Tensor:
@@ -103,8 +103,7 @@ def predict_probs(model: nn.Module, images: torch.Tensor, cfg: EvalConfig, num_c
     With ``cfg.min_short_side`` no scaled short side goes below it (SETR's rule for fixed-size ViTs).
     """
     height, width = images.shape[-2:]
-    total = images.new_zeros(images.shape[0], num_classes, height, width, dtype=torch.float32)
-    views = 0
+    total, views = None, 0  # one view (the common case) allocates no sum: its softmax is the answer
     for ratio in cfg.scales:
         factor = max(ratio, cfg.min_short_side / min(height, width)) if cfg.min_short_side else ratio
         size = (max(1, round(height * factor)), max(1, round(width * factor)))
@@ -124,11 +123,13 @@ def predict_probs(model: nn.Module, images: torch.Tensor, cfg: EvalConfig, num_c
             else:
                 raise ValueError(f"eval.mode must be 'whole' or 'slide', got {cfg.mode!r}")
             logits = (logits.flip(-1) if flip else logits).float()  # averaged and softmaxed in fp32
-            total += F.interpolate(
-                logits, size=(height, width), mode="bilinear", align_corners=False
-            ).softmax(1)
+            if logits.shape[-2:] != (height, width):
+                logits = F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
+            probs = logits.softmax(1)
+            del logits  # before the next view's forward: K x H x W floats each
+            total = probs if total is None else total.add_(probs)
             views += 1
-    return total / views
+    return total.div_(views) if views > 1 else total
 
 
 @torch.no_grad()

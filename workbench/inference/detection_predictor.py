@@ -24,8 +24,8 @@ from torch import nn
 
 from workbench.data.classes import Classes, default_palette
 from workbench.data.image import ImageSource, read_image
-from workbench.engine.precision import autocast, resolve_precision
-from workbench.inference.placement import as_given, model_device
+from workbench.engine.precision import autocast, model_device_dtype, resolve_precision
+from workbench.inference.placement import as_given
 from workbench.models.detection.detectors import DetectorMixin
 
 
@@ -97,7 +97,7 @@ class DetectionPredictor:
         if not isinstance(model, DetectorMixin):  # the workbench's Mask R-CNN and RetinaNet
             raise ValueError(f"expected a detector (Mask R-CNN or RetinaNet), got {type(model).__name__}")
         self.model, self.note = as_given(model, device)
-        self.device = model_device(self.model)
+        self.device, self.dtype = model_device_dtype(self.model)
         self.precision = resolve_precision(precision, self.device)
         self.num_classes = model.num_classes
         if classes is None or len(classes) != self.num_classes + 1:
@@ -132,8 +132,7 @@ class DetectionPredictor:
         """Detect in one image (a path, PIL image or array; any mode the image reader takes), keeping
         the detections scoring at least ``score_threshold`` (None: the predictor's own)."""
         pixels = read_image(source)
-        dtype = next(self.model.parameters()).dtype
-        image = torch.from_numpy(pixels.copy()).permute(2, 0, 1).to(self.device, dtype).div(255)
+        image = torch.from_numpy(pixels.copy()).permute(2, 0, 1).to(self.device, self.dtype).div(255)
         with autocast(self.precision, self.device):
             found = self.model([image])[0]
         threshold = self.score_threshold if score_threshold is None else score_threshold

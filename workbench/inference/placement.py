@@ -12,13 +12,7 @@ import copy
 import torch
 from torch import nn
 
-from workbench.engine.precision import resolve_device, use_channels_last
-
-
-def model_device(model: nn.Module) -> torch.device:
-    """Where ``model``'s parameters are (the CPU for a model without any)."""
-    parameter = next(model.parameters(), None)
-    return parameter.device if parameter is not None else torch.device("cpu")
+from workbench.engine.precision import model_device_dtype, resolve_device, use_channels_last
 
 
 def as_given(
@@ -26,12 +20,13 @@ def as_given(
 ) -> tuple[nn.Module, str]:
     """``model`` itself when it is in eval mode, on ``device`` (None: wherever it is) and in the asked
     layout (None: as it is); otherwise an eval-mode copy made so, and the reason for the copy."""
-    target = model_device(model) if device is None else _indexed(resolve_device(device))
+    given = model_device_dtype(model)[0]
+    target = given if device is None else _indexed(resolve_device(device))
     reasons = []
     if model.training:
         reasons.append("the model is in training mode")
-    if target != model_device(model):
-        reasons.append(f"the model is on {model_device(model)}, {target} was asked for")
+    if target != given:
+        reasons.append(f"the model is on {given}, {target} was asked for")
     if channels_last is not None and _convolutions(model) and channels_last != is_channels_last(model):
         reasons.append(f"channels_last={channels_last} differs from the model's layout")
     if not reasons:

@@ -32,9 +32,9 @@ from workbench.data.classes import Classes
 from workbench.data.image import ImageSource, read_image
 from workbench.data.transforms import EvalTransform
 from workbench.engine.evaluate import forward_padded, predict_probs
-from workbench.engine.precision import autocast, resolve_precision
+from workbench.engine.precision import autocast, model_device_dtype, resolve_precision
 from workbench.inference.labels import argmax_resized
-from workbench.inference.placement import as_given, is_channels_last, model_device
+from workbench.inference.placement import as_given, is_channels_last
 from workbench.inference.session import Session
 from workbench.models.detection.detectors import DetectorMixin
 from workbench.models.explain import View
@@ -133,8 +133,7 @@ class Predictor:
     ) -> None:
         check_segmentor(model)
         self.model, self.note = as_given(model, device, channels_last)
-        self.device = model_device(self.model)
-        self.dtype = next(self.model.parameters()).dtype
+        self.device, self.dtype = model_device_dtype(self.model)
         self.precision = resolve_precision(precision, self.device)
         self.eval_cfg = eval_cfg or EvalConfig()
         self.num_classes = model.num_classes
