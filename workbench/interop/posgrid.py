@@ -1,11 +1,11 @@
 """Which grid a released ``pos_embed`` holds, and whether it holds entries for the prefix tokens.
 
 A checkpoint's ``pos_embed`` (1, N, C) is a row-major h x w grid of patch entries, after one entry per
-prefix token (class, distillation) in timm's default layout, or after none (``no_embed_class``: DeiT-3,
-big_vision, timm's register models add the position before the prefix tokens join). N alone does not
-always tell which: 16 entries beside a class token are a 3x5 grid with the class entry or a 4x4 grid
-without it. As timm's ``checkpoint_filter_fn`` reads the grid from the checkpoint's saved size and the
-prefix from the model, this module decides, first match wins:
+prefix token (class, distillation, registers) in timm's default layout, or after none
+(``no_embed_class``: DeiT-3, big_vision, DINOv2 with registers add the position before the prefix
+tokens join). N alone does not always tell which: 16 entries beside a class token are a 3x5 grid with
+the class entry or a 4x4 grid without it. As timm's ``checkpoint_filter_fn`` reads the grid from the
+checkpoint's saved size and the prefix from the model, this module decides, first match wins:
 
 1. the grid the caller gives (``pos_grid=(h, w)``, ``workbench convert --pos-grid HxW``), or the one
    saved beside the file (timm's ``config.json``: ``model_args.img_size`` or
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -145,7 +146,8 @@ def _candidates(count: int, target: Grid) -> list[Grid]:
 def _prefix_text(prefix: Sequence[str]) -> str:
     if not prefix:
         return "no prefix tokens"
-    return f"prefix token{'s' if len(prefix) > 1 else ''} {', '.join(prefix)}"
+    names = ", ".join(name if count == 1 else f"{count} x {name}" for name, count in Counter(prefix).items())
+    return f"prefix token{'s' if len(prefix) > 1 else ''} {names}"
 
 
 def _readings_text(readings: list[tuple[Grid, int]], prefix: Sequence[str]) -> str:

@@ -4,13 +4,15 @@ SETR release and mmseg 1.x SETR (see the key tables in the SETR specification).
 Every layout is a key map (``KeyMap``) plus the few tensor layout changes JAX needs; each contributes
 a format entry (``TIMM``, ``DEIT``, ``JAX``, ``SETR_OFFICIAL``, ``MMSEG_SETR``).
 
-Prefix tokens: the class token and its position entry load as they are, or, for a source that adds
-no position to it (timm's ``no_embed_class``, DeiT-3), with a zero entry, which leaves the encoder's
-tokens those of the source; the distillation token is dropped (SETR-DeiT's rule). Register tokens
-(``reg_token``, e.g. DINOv2 with registers) are refused: every block attends to them and SETR's
-encoder, timm's ``VisionTransformer`` built without ``reg_tokens`` and adding only a class token in
-its ``_pos_embed``, cannot hold them, so no load could give the source's features. The grid of the
-position embedding is read by ``workbench.interop.posgrid``.
+Prefix tokens: the class token, the register tokens (``reg_token``, DINOv2 with registers) and their
+position entries load as they are; for a source that adds no position to them (timm's
+``no_embed_class``: DeiT-3, DINOv2 with registers) into an encoder that does, zero entries stand for
+them, which leaves the encoder's tokens those of the source. The distillation token is dropped
+(SETR-DeiT's rule), and so is the class token where the encoder has none (MLA). Registers and layer
+scale (``blocks.N.ls1.gamma``) change every block's output, so an encoder built without them (or
+with them, for a source without) is refused in one line naming the keyword to build it with
+(``reg_tokens=``, ``init_values=``, ``class_token=``, ``no_embed_class=``). The grid of the position
+embedding is read by ``workbench.interop.posgrid``.
 """
 
 from __future__ import annotations
@@ -157,14 +159,9 @@ def encoder_from_timm(
 ) -> StateDict:
     """timm-named encoder tensors -> our SETR encoder's (no prefix): drops the final norm and the
     classifiers, the DeiT distillation token and its position entry, the class token for MLA, and
-    resamples the position grid bilinearly (SETR's rule) to the encoder's; refuses register tokens."""
-    if "reg_token" in state:
-        registers = state["reg_token"].shape[1]
-        raise ValueError(
-            f"the checkpoint has {registers} register tokens (reg_token), which every block attends to; "
-            f"SETR's encoder holds none, so its features would differ: load it into a timm "
-            f"VisionTransformer built with reg_tokens={registers}"
-        )
+    resamples the position grid bilinearly (SETR's rule) to the encoder's; refuses a source whose
+    registers, layer scale or class token the encoder is not built for."""
+    _check_built_for(state, encoder)
     dropped = [k for k in state if k.startswith(("norm.", "head", "fc_norm.", "pre_logits", "dist_token"))]
     if dropped:
         notes.append(
@@ -175,27 +172,72 @@ def encoder_from_timm(
         out["pos_embed"] = _encoder_pos_embed(state, encoder, notes, known)
         if encoder.cls_token is None:
             out.pop("cls_token", None)
-            notes.append("dropped cls_token and its position entry (MLA runs without the class token)")
+            notes.append(
+                "dropped cls_token and its position entry (this encoder has none: MLA, or class_token=False)"
+            )
     return out
+
+
+def _check_built_for(state: StateDict, encoder: nn.Module) -> None:
+    """Refuse, in one line naming the keyword to build with, a source whose registers, layer scale
+    or class token the encoder does not hold: each enters every block, so no load could give the
+    source's features."""
+    registers = state["reg_token"].shape[1] if "reg_token" in state else 0
+    if registers != encoder.num_reg_tokens:
+        raise ValueError(
+            f"the checkpoint has {registers or 'no'} register tokens (reg_token), the encoder "
+            f"{encoder.num_reg_tokens}, and every block attends to them: build the segmentor with "
+            f"reg_tokens={registers}"
+        )
+    scaled = any(k.endswith((".ls1.gamma", ".ls2.gamma")) for k in state)
+    built = not isinstance(encoder.blocks[0].ls1, nn.Identity)
+    if scaled and not built:
+        raise ValueError(
+            "the checkpoint has layer scale (blocks.N.ls1.gamma, ls2.gamma) on every residual branch: "
+            "build the segmentor with init_values=1e-5 (any value: the gammas load)"
+        )
+    if built and not scaled:
+        raise ValueError(
+            "the checkpoint has no layer scale (blocks.N.ls1.gamma): build the segmentor without init_values"
+        )
+    if encoder.cls_token is not None and "cls_token" not in state:
+        raise ValueError(
+            "the checkpoint has no class token (cls_token): build the segmentor with class_token=False"
+        )
 
 
 def _encoder_pos_embed(
     state: StateDict, encoder: nn.Module, notes: list[str], known: KnownGrid | None
 ) -> torch.Tensor:
-    """The source's (1, N, C) ``pos_embed`` as the encoder holds it: (1, [1 +] H*W, C) on its grid."""
+    """The source's (1, N, C) ``pos_embed`` as the encoder holds it: (1, H*W, C) on its grid, after the
+    entries of the prefix tokens it keeps (class, registers) unless it is built with no_embed_class."""
     pos = state["pos_embed"]
-    prefix = [k for k in ("cls_token", "dist_token") if k in state]  # timm's order in pos_embed
+    registers = state["reg_token"].shape[1] if "reg_token" in state else 0
+    # The prefix entries in timm's order: class, distillation, registers.
+    prefix = [k for k in ("cls_token", "dist_token") if k in state] + ["reg_token"] * registers
     grid, entries = fit_grid(pos, prefix, tuple(encoder.patch_embed.grid_size), known, "bilinear", notes)
-    if encoder.cls_token is None:
-        return grid
+    kept = [
+        i
+        for i, name in enumerate(prefix)
+        if name == "reg_token" or (name == "cls_token" and encoder.cls_token is not None)
+    ]
     if "dist_token" in prefix and entries:
         notes.append("dropped the distillation token's position entry")
-    if not entries and "cls_token" in prefix:
+    if encoder.no_embed_class:
+        if entries and kept:
+            raise ValueError(
+                "the checkpoint adds a position to its prefix tokens (class, registers), this encoder "
+                "only to the grid: build the segmentor with no_embed_class=False"
+            )
+        return grid
+    if entries:
+        return torch.cat([pos[:, kept], grid], dim=1)
+    if kept:
         notes.append(
-            "the source's class token has no position entry (no_embed_class): a zero entry stands for "
-            "it, so the class token enters the blocks as it did there"
+            "the source's prefix tokens have no position entries (no_embed_class): zero entries stand "
+            "for them, so they enter the blocks as they did there"
         )
-    return torch.cat([pos[:, :1] if entries else pos.new_zeros(1, 1, pos.shape[2]), grid], dim=1)
+    return torch.cat([pos.new_zeros(1, len(kept), pos.shape[2]), grid], dim=1)
 
 
 def _setr(model: nn.Module, format_name: str) -> SETR:

@@ -43,9 +43,14 @@ the position embedding and drops the class token before the first block, so neit
 its position entry can affect the output: MLA encoders are built with ``class_token=False`` (no
 parameter without a gradient) and checkpoint loading drops those two tensors.
 
+Other releases: the encoder takes timm's ``patch_size``, ``reg_tokens``, ``no_embed_class`` and
+``init_values`` (layer scale), so DINOv2 with registers and DeiT-3 encoders load with their own
+features. Registers follow the class token (timm's order), pass through every block (MLA keeps them)
+and are dropped with it before the heads; ``num_prefix_tokens`` counts both.
+
 Position embeddings: stored for ``img_size`` and resampled bilinearly (align_corners False, no
 antialias) to the grid of each input, as SETR's loader and mmseg do; any input with sides that are
-multiples of 16 works.
+multiples of the patch size (16) works.
 
 Flavours (``flavour=``):
 
@@ -128,8 +133,10 @@ class ProbedAttention(Attention, Probed):
 class SETREncoder(VisionTransformer):
     """timm's VisionTransformer as SETR uses it.
 
-    Returns the raw outputs (no final norm) of blocks ``out_indices`` as (B, C, H/16, W/16) maps, with
-    the class token removed; position embeddings are resampled bilinearly to the input's grid.
+    Returns the raw outputs (no final norm) of blocks ``out_indices`` as (B, C, H/p, W/p) maps, with
+    the prefix tokens (class, registers) removed; position embeddings are resampled bilinearly to the
+    input's grid. ``reg_tokens``, ``no_embed_class`` and ``init_values`` (layer scale) are timm's, for
+    encoders from releases built with them (DINOv2 with registers, DeiT-3).
     """
 
     def __init__(
@@ -137,21 +144,25 @@ class SETREncoder(VisionTransformer):
         *,
         out_indices: Sequence[int],
         img_size: int | tuple[int, int] = 768,
+        patch_size: int = PATCH_SIZE,
         in_chans: int = 3,
         embed_dim: int = 1024,
         depth: int = 24,
         num_heads: int = 16,
         mlp_ratio: float = 4.0,
         class_token: bool = True,
+        reg_tokens: int = 0,
+        no_embed_class: bool = False,
+        init_values: float | None = None,
         drop_path_rate: float = 0.0,
     ) -> None:
-        check_img_size(img_size, PATCH_SIZE)
+        check_img_size(img_size, patch_size)
         bad = [i for i in out_indices if not 0 <= i < depth]
         if bad:
             raise ValueError(f"encoder layers {bad} do not exist in a {depth}-layer encoder (0-based)")
         super().__init__(
             img_size=img_size,
-            patch_size=PATCH_SIZE,
+            patch_size=patch_size,
             in_chans=in_chans,
             num_classes=0,
             global_pool="",
@@ -161,6 +172,9 @@ class SETREncoder(VisionTransformer):
             mlp_ratio=mlp_ratio,
             qkv_bias=True,
             class_token=class_token,
+            reg_tokens=reg_tokens,
+            no_embed_class=no_embed_class,
+            init_values=init_values,
             final_norm=False,
             dynamic_img_size=True,
             drop_path_rate=drop_path_rate,
@@ -172,25 +186,33 @@ class SETREncoder(VisionTransformer):
         self.blocks = self.blocks[: self.out_indices[-1] + 1]
 
     def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:
-        """Patch embeddings (B, H, W, C) -> tokens (B, [1 +] H*W, C) with position embedding."""
+        """Patch embeddings (B, H, W, C) -> tokens (B, prefix + H*W, C): [class token, registers, grid]
+        with position embeddings added as timm's ``VisionTransformer._pos_embed`` adds them."""
         batch, height, width, channels = x.shape
+        entries = 0 if self.no_embed_class else self.num_prefix_tokens  # position entries ahead of the grid
         pos_embed = resample_pos_embed(
-            self.pos_embed, (height, width), self.patch_embed.grid_size, self.num_prefix_tokens, "bilinear"
+            self.pos_embed, (height, width), self.patch_embed.grid_size, entries, "bilinear"
         )
         # Every timm entry point (forward_features, forward_intermediates, get_intermediate_layers)
         # embeds here right before its blocks: where the tokens lie, for the explain mode's probes.
         _TOKENS.set(((height, width), self.num_prefix_tokens))
         x = x.reshape(batch, height * width, channels)
-        if self.cls_token is not None:
-            x = torch.cat([self.cls_token.expand(batch, -1, -1), x], dim=1)
-        return self.pos_drop(x + pos_embed)
+        prefix = [
+            token.expand(batch, -1, -1) for token in (self.cls_token, self.reg_token) if token is not None
+        ]
+        if self.no_embed_class:  # DeiT-3, DINOv2-reg, big_vision: positions on the grid only
+            x = torch.cat([*prefix, x + pos_embed], dim=1)
+        else:  # original ViT, DeiT: one position entry per prefix token too
+            x = torch.cat([*prefix, x], dim=1) + pos_embed
+        return self.pos_drop(x)
 
     def forward_dense(self, images: torch.Tensor) -> list[torch.Tensor]:
-        """Images (B, C, H, W) -> raw block outputs, one (B, embed_dim, H/16, W/16) map per tap."""
+        """Images (B, C, H, W) -> raw block outputs, one (B, embed_dim, H/patch, W/patch) map per tap."""
         return self.forward_intermediates(images, indices=list(self.out_indices), intermediates_only=True)
 
     def attention_sites(self) -> dict[str, AttentionSite]:
-        return {f"blocks.{i}": AttentionSite(block.attn, PATCH_SIZE) for i, block in enumerate(self.blocks)}
+        stride = self.patch_embed.patch_size[0]
+        return {f"blocks.{i}": AttentionSite(block.attn, stride) for i, block in enumerate(self.blocks)}
 
 
 class SETRUpHead(nn.Module):
@@ -313,6 +335,10 @@ class SETR(Segmentor):
     12-layer encoders; other depths must name them. MLA's auxiliary heads sit on its streams.
     ``aux_convs`` (mmseg flavour) sets the [conv, x4 up] stages of each Naive/PUP auxiliary head, mmseg's
     ``num_convs``: 2 in its ADE20K Naive config; default as its Cityscapes configs (Naive 1, PUP 2).
+    ``patch_size``, ``class_token`` (default: Naive and PUP carry one, MLA none), ``reg_tokens``,
+    ``no_embed_class`` and ``init_values`` build the encoder as timm's VisionTransformer takes them, for
+    other releases than the paper's, e.g. DINOv2 with registers: ``patch_size=14, reg_tokens=4,
+    no_embed_class=True, init_values=1e-5``.
     """
 
     def __init__(
@@ -322,11 +348,16 @@ class SETR(Segmentor):
         num_classes: int,
         flavour: str = "official",
         img_size: int | tuple[int, int] = 768,
+        patch_size: int = PATCH_SIZE,
         in_chans: int = 3,
         embed_dim: int = 1024,
         depth: int = 24,
         num_heads: int = 16,
         mlp_ratio: float = 4.0,
+        class_token: bool | None = None,
+        reg_tokens: int = 0,
+        no_embed_class: bool = False,
+        init_values: float | None = None,
         drop_path_rate: float = 0.0,
         decode_layers: Sequence[int] | None = None,
         aux_layers: Sequence[int] | None = None,
@@ -346,6 +377,11 @@ class SETR(Segmentor):
                 f"aux_convs (conv stages per Naive/PUP auxiliary head, mmseg's num_convs) must be >= 1 and "
                 f"needs flavour='mmseg' and decoder 'naive' or 'pup', got {aux_convs!r} ({flavour}, {decoder})"
             )
+        if decoder == "mla" and class_token:
+            raise ValueError(
+                "SETR-MLA drops the class token before its first block, so its encoder has none: "
+                "leave class_token unset (False), class_token=True is for Naive and PUP"
+            )
         if not isinstance(num_classes, int) or num_classes < 1:
             raise ValueError(f"num_classes must be an integer >= 1, got {num_classes!r}")
         if in_chans < 1:
@@ -357,12 +393,16 @@ class SETR(Segmentor):
         encoder = SETREncoder(
             out_indices=taps,
             img_size=img_size,
+            patch_size=patch_size,
             in_chans=in_chans,
             embed_dim=embed_dim,
             depth=depth,
             num_heads=num_heads,
             mlp_ratio=mlp_ratio,
-            class_token=decoder != "mla",
+            class_token=decoder != "mla" if class_token is None else class_token,
+            reg_tokens=reg_tokens,
+            no_embed_class=no_embed_class,
+            init_values=init_values,
             drop_path_rate=drop_path_rate,
         )
         neck = None
@@ -401,7 +441,7 @@ class SETR(Segmentor):
             aux_weight=aux_weight,
             num_classes=num_classes,
             in_chans=in_chans,
-            size_divisor=PATCH_SIZE,
+            size_divisor=patch_size,
         )
         self.decoder = decoder
         self.flavour = flavour
