@@ -161,14 +161,7 @@ def test_functions_feed_a_model_on_another_device_and_return_to_the_cpu(name, ki
     _check_on_the_callers_side(result)
 
 
-# count_gmacs (workbench/models/complexity.py) feeds float32 zeros to the model whatever its dtype.
-GMACS_IN_FLOAT32 = pytest.mark.xfail(raises=ValueError, strict=True, reason="count_gmacs ignores the dtype")
-
-
-@pytest.mark.parametrize(
-    "name, kind, call",
-    [pytest.param(*c, id=c[0], marks=[GMACS_IN_FLOAT32] if c[0] == "family_summary" else []) for c in CALLS],
-)
+@pytest.mark.parametrize("name, kind, call", CALLS, ids=[c[0] for c in CALLS])
 def test_functions_run_a_bf16_model_on_float32_inputs(name, kind, call):
     model = _model(kind).to(torch.bfloat16)
     _check_on_the_callers_side(call(model, torch.randn(2, 3, *SIZE)))

@@ -28,8 +28,8 @@ def count_gmacs(model: nn.Module, input_size: int | tuple[int, int], in_chans: i
     normalisation, activations and interpolation are not (the convention of fvcore and mmcv).
     """
     height, width = (input_size, input_size) if isinstance(input_size, int) else input_size
-    device = next(model.parameters()).device
-    images = torch.zeros(1, in_chans, height, width, device=device)
+    parameter = next(model.parameters())
+    images = torch.zeros(1, in_chans, height, width, device=parameter.device, dtype=parameter.dtype)
     was_training = model.training
     model.eval()
     # Not under no_grad: the counter's module tracker then fails on parameters used via expand().
