@@ -208,3 +208,34 @@ def test_dataset_receptive_field_lines_up_the_centres_of_images_of_different_siz
 def test_figures_take_a_bf16_models_own_tensors():
     matrices = mixing_matrices(_model("gpvit").to(torch.bfloat16))  # the weights' product, in bf16
     assert panels_figure(matrices, signed=True).axes
+
+
+def _session_queries(predictor: Predictor, photo: np.ndarray) -> list[Any]:
+    """A prediction, a session and every query kind a click or a tab asks of it."""
+    session = predictor.open(photo)
+    answers = [predictor(photo).probs, session.prediction.probs]
+    for name in session.sites():
+        if session.cached[name].layout.kind != "grouping":
+            answers.append(session.attention_at(5, 7, name))
+    grouping = [name for name, site in session.cached.items() if site.layout.kind == "grouping"]
+    if grouping:
+        answers += [session.group_assignment(0), session.group_maps(grouping[0])]
+    if all(site.layout.kind == "self" for site in session.cached.values()):
+        answers.append(session.rollout_at(5, 7))
+    region = session.prediction.labels == session.prediction.labels[5, 7]
+    answers.append(session.attribute(int(session.prediction.labels[5, 7]), region, "saliency"))
+    return answers
+
+
+@pytest.mark.parametrize("kind", list(BUILDERS))
+def test_the_predictor_and_its_sessions_feed_a_model_on_another_device(kind):
+    """The Predictor reads the model's device (it moves nothing) and every query's inputs follow it."""
+    photo = np.random.default_rng(0).integers(0, 256, (*SIZE, 3), dtype=np.uint8)
+    model = _model(kind)
+    with Elsewhere() as elsewhere:
+        model.to(ELSEWHERE)
+        predictor = Predictor(model)
+        assert predictor.model is model and is_elsewhere(next(model.parameters()))
+        answers = _session_queries(predictor, photo)
+    assert not elsewhere.mixes
+    _check_on_the_callers_side(answers)
