@@ -15,11 +15,16 @@ import tempfile
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from workbench import __version__
 from workbench.engine.distributed import is_main
 from workbench.models import model_info
 from workbench.viz.tables import metrics_table, models_table
+
+if TYPE_CHECKING:
+    from workbench.config import Config
+    from workbench.models.registry import ModelInfo
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -168,7 +173,6 @@ def _predict_detections(args: argparse.Namespace, images: list[Path], names: lis
 def _convert(args: argparse.Namespace) -> None:
     import yaml
 
-    from workbench.config import Config, ModelConfig
     from workbench.interop import load_pretrained
     from workbench.interop.checkpoint import is_checkpoint, save_weights
     from workbench.interop.posgrid import parse_grid
@@ -189,6 +193,8 @@ def _convert(args: argparse.Namespace) -> None:
         raise ValueError(f"{out} already holds a checkpoint; choose another output folder")
     info = model_info(args.model)
     classes = args.num_classes or info.paper.num_classes
+    if args.dataset and info.task != "segmentation":
+        raise ValueError(f"--dataset picks a segmentation test recipe; {args.model} is a {info.task} model")
     try:  # segmentor or classifier: both are timm entry points
         model = info.entrypoint(num_classes=classes, **kwargs)
     except TypeError as error:  # an unknown keyword reaches the constructor
@@ -196,12 +202,28 @@ def _convert(args: argparse.Namespace) -> None:
     report = load_pretrained(
         model, args.source, format=args.format, strict=not args.lenient, pos_grid=pos_grid
     )
-    cfg = Config(task=info.task, model=ModelConfig(args.model, kwargs))
-    cfg.data.num_classes = classes
+    cfg, recipe = _converted_config(info, kwargs, classes, args.dataset)
     out.mkdir(parents=True, exist_ok=True)
     save_weights(out, model, cfg)
     print(report)
-    print(f"wrote {out}/model.safetensors and {out}/config.yaml")
+    print(f"wrote {out}/model.safetensors and {out}/config.yaml ({recipe})")
+
+
+def _converted_config(info: ModelInfo, kwargs: dict, classes: int, dataset: str | None) -> tuple[Config, str]:
+    """The config.yaml of a converted checkpoint, which ``workbench predict`` follows, and what it
+    holds in words: the model as built and, for a segmentor, the paper's test recipe (scale,
+    inference mode, class names) on ``dataset`` or on the data set of its class count, where known."""
+    from workbench.config import Config, ModelConfig
+    from workbench.inference.recipes import recipe_for
+
+    cfg = recipe_for(info.name, classes, dataset) if info.task == "segmentation" else None
+    if cfg is None:  # no recipe known: the Predictor runs whole images at their own size
+        cfg, recipe = Config(task=info.task, model=ModelConfig(info.name)), "no test recipe known"
+    else:
+        recipe = f"{cfg.data.dataset} test recipe: scale {cfg.data.scale}, {cfg.eval.mode} inference"
+    cfg.model.kwargs = kwargs
+    cfg.data.num_classes = classes
+    return cfg, recipe
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -260,7 +282,10 @@ _CONFIG_HELP = "YAML config file, or a preset shipped with the package (e.g. dem
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     """The ``workbench`` parser and its subcommand parsers by name."""
+    from workbench.inference.recipes import DATASET_OF_CLASS_COUNT
     from workbench.interop import FORMATS
+
+    datasets = sorted(set(DATASET_OF_CLASS_COUNT.values()))
 
     parser = argparse.ArgumentParser(
         prog="workbench",
@@ -356,6 +381,12 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         "--pos-grid",
         metavar="HxW",
         help="position grid the source was saved at, in tokens (e.g. 24x32), when it cannot be read from it",
+    )
+    convert.add_argument(
+        "--dataset",
+        choices=datasets,
+        help="data set whose test recipe (scale, inference mode, classes) config.yaml holds; "
+        "default: the one of the class count (150: ade20k, 19: cityscapes, 59: pascal_context)",
     )
     convert.add_argument(
         "--model-arg",
