@@ -67,6 +67,14 @@ def test_labels_from_model_scale_probabilities_equal_the_full_size_arg_max(size)
     assert (labels != full).float().mean() < 1e-5  # ties may round apart
 
 
+def test_a_class_that_wins_only_between_source_pixels_is_found():
+    """Class 2 is no source pixel's first, yet wins halfway between two: the bound catches it."""
+    probs = torch.tensor([[0.55, 0.0], [0.0, 0.55], [0.45, 0.45]])[:, None, :].expand(3, 2, 2)
+    full = F.interpolate(probs[None], size=(4, 8), mode="bilinear", align_corners=False)[0].argmax(0)
+    assert (full == 2).any()
+    torch.testing.assert_close(argmax_resized(probs, (4, 8), candidates_per_pixel=1), full)
+
+
 def test_probabilities_stay_at_the_model_input_and_labels_at_the_image():
     model = tiny_setr("setr_naive_vit_base", num_classes=7).eval()
     predictor = Predictor(model, transform=EvalTransform((96, 64)))  # short side 64 at the test scale

@@ -2,8 +2,8 @@
 
 A 150-class model's probabilities on a 12 MP photo would take 7 GB in fp32; the labels take 12 MB.
 ``argmax_resized`` gives the same labels as ``F.interpolate(probs, size, "bilinear").argmax(0)`` (the
-evaluation's rule) by resizing a band of output rows at a time: bilinear resizing is separable, so each
-band needs only the two source rows around each of its rows, then a resize along the width.
+evaluation's rule) by resizing a band of output rows at a time (bilinear resizing is separable, so each
+band needs only the source rows its rows fall between), and only the classes that can win.
 """
 
 from __future__ import annotations
@@ -39,15 +39,44 @@ def resized_band(probs: torch.Tensor, size: tuple[int, int], start: int, stop: i
     )
 
 
-def argmax_resized(probs: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Per-pixel class (H, W) int64 of probabilities ``probs`` (K, h, w) resized bilinearly to ``size``,
-    computed band by band: memory O(K * h * w + H * W), not O(K * H * W)."""
-    height, width = size
-    if tuple(probs.shape[-2:]) == (height, width):
-        return probs.argmax(0)
-    rows = max(1, BAND_BYTES // max(1, probs.shape[0] * width * 4))
+def _bands(height: int, channels: int, width: int) -> list[tuple[int, int]]:
+    """Row bands [start, stop) whose resized probabilities take at most ``BAND_BYTES``."""
+    rows = max(1, BAND_BYTES // max(1, channels * width * 4))
+    return [(start, min(height, start + rows)) for start in range(0, height, rows)]
+
+
+def _resized_max(probs: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Arg-max and max over the channels of ``probs`` (C, h, w) resized to ``size``: (H, W) each."""
     labels = torch.empty(size, dtype=torch.int64, device=probs.device)
-    for start in range(0, height, rows):
-        stop = min(height, start + rows)
-        labels[start:stop] = resized_band(probs.float(), size, start, stop).argmax(0)
+    best = torch.empty(size, dtype=torch.float32, device=probs.device)
+    for start, stop in _bands(size[0], probs.shape[0], size[1]):
+        best[start:stop], labels[start:stop] = resized_band(probs, size, start, stop).max(0)
+    return labels, best
+
+
+def argmax_resized(probs: torch.Tensor, size: tuple[int, int], candidates_per_pixel: int = 2) -> torch.Tensor:
+    """Per-pixel class (H, W) int64 of probabilities ``probs`` (K, h, w) resized bilinearly to ``size``:
+    memory O(K * h * w + H * W), not O(K * H * W).
+
+    Only the classes among some source pixel's ``candidates_per_pixel`` most probable are resized (a
+    trained model's handful, not all 150). Exact all the same: resizing takes non-negative weights of
+    the source pixels, so the resized maximum of the other classes' per-pixel maximum bounds every
+    other class, and a pixel whose candidate does not beat that bound strictly is resized in full.
+    """
+    probs = probs.float()
+    if tuple(probs.shape[-2:]) == tuple(size):
+        return probs.argmax(0)
+    top = probs.topk(min(candidates_per_pixel, probs.shape[0]), dim=0).indices.unique()
+    others = torch.ones(probs.shape[0], dtype=torch.bool, device=probs.device)
+    others[top] = False
+    labels, best = _resized_max(probs[top], size)
+    labels = top[labels]
+    if not others.any():
+        return labels
+    _, bound = _resized_max(probs[others].amax(0, keepdim=True), size)
+    unsure = best <= bound
+    for start, stop in _bands(size[0], probs.shape[0], size[1]):
+        rows = unsure[start:stop]
+        if rows.any():  # rare: resize every class for this band, keep its unsure pixels
+            labels[start:stop][rows] = resized_band(probs, size, start, stop).argmax(0)[rows]
     return labels
