@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-PEAK_RSS_MB = 3000  # imports (torch, gradio) ~800 MB; 150-class sliding-window inference at 512x910
+PEAK_RSS_MB = 3500  # measured 2.6 GB: imports (torch, gradio) 0.8 GB, 150-class sliding windows at 512x910
 
 pytestmark = pytest.mark.timeout(900)
 
