@@ -9,7 +9,7 @@ export HF_HUB_DISABLE_TELEMETRY := 1
 export GRADIO_ANALYTICS_ENABLED := False
 export MPLBACKEND := Agg
 
-.PHONY: demo test docs bench lab lint format clean
+.PHONY: demo test docs bench lab lint format clean chromium
 
 # Trains the demo model if the cache lacks it, prints its evaluation, then serves the app on
 # http://$(HOST):$(PORT) (Ctrl-C stops it). SERVE=0 stops after the evaluation (headless machines).
@@ -20,7 +20,7 @@ demo: $(VENV)/.installed
 	$(BIN)/workbench demo
 	@if [ "$(SERVE)" != 0 ]; then $(BIN)/python apps/app.py --host $(HOST) --port $(PORT); fi
 
-test: $(VENV)/.installed-test
+test: $(VENV)/.installed-test chromium
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest
@@ -52,6 +52,18 @@ lab: $(VENV)/.installed
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
+
+# The browser test drives Debian's chromium (never a downloaded browser). As root on Debian/Ubuntu it is
+# installed here; elsewhere make stops with the one command that installs it.
+CHROMIUM := /usr/bin/chromium
+chromium:
+	@if [ ! -x $(CHROMIUM) ]; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium; \
+		else \
+			echo "make test needs $(CHROMIUM) for the browser test: sudo apt-get install chromium"; exit 1; \
+		fi; \
+	fi
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
