@@ -17,9 +17,9 @@ import torch
 from workbench.build import build_datasets, build_model
 from workbench.demo import demo_checkpoint
 from workbench.engine.evaluate import precision_agreement
-from workbench.engine.precision import use_channels_last
 from workbench.interop import load_weights
 from workbench.interop.checkpoint import checkpoint_config
+from workbench.precision import use_channels_last
 
 
 def main() -> None:

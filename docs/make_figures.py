@@ -23,9 +23,9 @@ from workbench import Predictor
 from workbench.build import build_datasets, build_model, classes_of, eval_transform
 from workbench.data.image import read_image
 from workbench.demo import demo_checkpoint, demo_predictor
-from workbench.engine.analysis import dataset_group_purity
 from workbench.interop.checkpoint import checkpoint_config
 from workbench.models.layers import pad_for
+from workbench.studies.analysis import dataset_group_purity
 from workbench.viz import click_figure, effective_receptive_field, group_assignment_figure
 from workbench.viz.measures import object_pixel
 from workbench.viz.panels import panels_figure

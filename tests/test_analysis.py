@@ -12,10 +12,10 @@ from workbench import load_pretrained
 from workbench.build import build_datasets, classes_of
 from workbench.config import load_config
 from workbench.demo import demo_predictor
-from workbench.engine.analysis import dataset_group_purity, family_summary, review, summary_markdown
 from workbench.engine.evaluate import evaluate
 from workbench.interop.release_file import save_release_file
 from workbench.models.complexity import count_params
+from workbench.studies.analysis import dataset_group_purity, family_summary, review, summary_markdown
 from workbench.viz.groups import group_purity
 
 

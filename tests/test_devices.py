@@ -1,4 +1,4 @@
-"""Every public function of ``workbench.viz`` and ``workbench.engine.analysis`` that runs a model feeds it
+"""Every public function of ``workbench.viz`` and ``workbench.studies.analysis`` that runs a model feeds it
 on the model's device and in its dtype, and hands results back where the caller's inputs are (CPU
 tensors in their dtype, numbers): the notebooks' calls on a GPU machine, where ``demo_predictor`` puts
 the model on CUDA and the images come from a CPU data set.
@@ -26,15 +26,15 @@ import pytest
 import torch
 
 from workbench.config import EvalConfig
-from workbench.engine.analysis import (
+from workbench.inference.predictor import Predictor
+from workbench.models.layers import pad_for
+from workbench.precision import model_device_dtype
+from workbench.studies.analysis import (
     dataset_attention_distances,
     dataset_receptive_field,
     family_summary,
     review,
 )
-from workbench.engine.precision import model_device_dtype
-from workbench.inference.predictor import Predictor
-from workbench.models.layers import pad_for
 from workbench.viz.attribution import attribute
 from workbench.viz.distance import attention_distances
 from workbench.viz.groups import mixing_matrices, propagation_inputs

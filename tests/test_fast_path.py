@@ -11,7 +11,7 @@ from workbench import Predictor
 from workbench.config import EvalConfig, OptimConfig
 from workbench.engine.evaluate import evaluate, precision_agreement, predict_probs
 from workbench.engine.optim import build_optimizer
-from workbench.engine.precision import autocast, resolve_precision, use_channels_last
+from workbench.precision import autocast, resolve_precision, use_channels_last
 
 from .tiny import tiny_gpvit_segmentor, tiny_setr_hlg
 

@@ -10,17 +10,22 @@ import workbench
 ROOT = Path(workbench.__file__).parent
 
 # What each layer may import from the workbench (besides itself). Leaves: config and cache.
+# Training (engine), inference and studies each have a room of their own above models, data and viz.
+LOWER = {"config", "cache", "precision", "models", "data", "viz", "interop", "build"}
 ALLOWED = {
     "config": set(),
     "cache": set(),
+    "precision": set(),
     "models": {"config"},
     "data": {"config", "cache"},
-    "viz": {"config", "models", "data"},
+    "viz": {"config", "precision", "models", "data"},
     "interop": {"config", "cache", "models"},
     "build": {"config", "models", "data"},
-    "engine": {"config", "cache", "models", "data", "viz", "interop", "build"},
-    "demo": {"config", "cache", "models", "data", "viz", "interop", "build", "engine"},
-    "cli": {"config", "cache", "models", "data", "viz", "interop", "build", "engine", "demo"},
+    "engine": LOWER,
+    "inference": LOWER | {"engine"},  # evaluation's inference (predict_probs) is the predictor's
+    "studies": LOWER | {"engine", "inference"},
+    "demo": LOWER | {"engine", "inference"},
+    "cli": LOWER | {"engine", "inference", "studies", "demo"},
 }
 
 

@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from workbench import Predictor
-from workbench.engine import precision as precision_module
-from workbench.engine.precision import autocast, resolve_precision, run_precision
+from workbench import precision as precision_module
+from workbench.precision import autocast, resolve_precision, run_precision
 from workbench.viz import record
 
 from .tiny import tiny_gpvit_segmentor, tiny_setr, tiny_setr_hlg

@@ -13,8 +13,8 @@ import torch
 from workbench.config import load_config
 from workbench.data.classes import Classes
 from workbench.engine import train
-from workbench.engine.analysis import ImageScore
 from workbench.models.explain import TokenGrid
+from workbench.studies.analysis import ImageScore
 from workbench.viz.evaluation import (
     ERROR_COLOUR,
     confusion_matrix_figure,

@@ -12,10 +12,10 @@ from workbench.build import build_datasets, build_model, classes_of, eval_transf
 from workbench.cache import cache_dir
 from workbench.config import load_config, to_dict
 from workbench.engine import train
-from workbench.engine.precision import resolve_device
 from workbench.engine.tasks import task_of
 from workbench.inference import Predictor, load_predictor, load_run
 from workbench.interop.checkpoint import latest_checkpoint, load_state
+from workbench.precision import resolve_device
 
 
 def demo_checkpoint(config: str | Path = "demo_gpvit", retrain: bool = False) -> Path:

@@ -12,7 +12,7 @@ Measurement, per case (model, resolution, mode, precision, compiled): build the 
 call (its time, ``first_call_s``, holds the compile cost when compiled), then ``repeats`` timed calls;
 latency is their median. A training step (batch at least 2) is forward, loss, backward and a fused
 AdamW step (the engine's optimizer). Precision and layout are the engine's settings
-(``workbench.engine.precision``): bf16 runs under ``torch.autocast``; ``channels_last`` lays out the
+(``workbench.precision``): bf16 runs under ``torch.autocast``; ``channels_last`` lays out the
 convolution weights channels-last, as the Predictor does for inference. Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` (reset per case);
 on the CPU the peak RSS *increase* during the case (model build included): the kernel's high-water
 mark (VmHWM) is reset to the current RSS through ``/proc/self/clear_refs`` before the case, so an
@@ -50,8 +50,8 @@ import torch
 from matplotlib.figure import Figure
 from torch import nn
 
-from workbench.engine.precision import autocast, resolve_precision, use_channels_last
 from workbench.models import create_segmentor, model_info
+from workbench.precision import autocast, resolve_precision, use_channels_last
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from workbench.config import Config
 from workbench.engine.distributed import is_main
-from workbench.engine.precision import autocast, run_precision
+from workbench.precision import autocast, run_precision
 
 SUMMARY = ("mAP", "mAP_50", "mAP_75", "mAP_s", "mAP_m", "mAP_l")  # COCOeval.stats[0:6]
 

@@ -13,9 +13,9 @@ from tqdm import tqdm
 from workbench.config import EvalConfig
 from workbench.data.transforms import IGNORE_INDEX
 from workbench.engine.distributed import all_reduce_sum, is_main
-from workbench.engine.precision import Precision, autocast, resolve_precision
 from workbench.models.explain import View, seen_as
 from workbench.models.layers import pad_for
+from workbench.precision import Precision, autocast, resolve_precision
 
 
 class ConfusionMatrix:
@@ -162,7 +162,7 @@ def evaluate(
     precision: str = "fp32",
 ) -> dict:
     """Metrics of ``model`` on ``dataset`` (items: normalised image, labels); shards across processes.
-    ``precision``: "auto" | "fp32" | "bf16" | "fp16" (``workbench.engine.precision``)."""
+    ``precision``: "auto" | "fp32" | "bf16" | "fp16" (``workbench.precision``)."""
     chosen = resolve_precision(precision, device)
     was_training = model.training
     model.eval()

@@ -17,7 +17,7 @@ from workbench.data import SegmentationDataset
 from workbench.engine.classification import evaluate_classifier
 from workbench.engine.detection import Detection
 from workbench.engine.evaluate import evaluate
-from workbench.engine.precision import run_precision
+from workbench.precision import run_precision
 
 
 class Task(Protocol):

@@ -37,7 +37,6 @@ from workbench.build import build_datasets, build_model
 from workbench.config import Config, load_config, save_config, to_dict
 from workbench.engine import distributed
 from workbench.engine.optim import build_optimizer, learning_rate, set_learning_rate
-from workbench.engine.precision import autocast, run_precision
 from workbench.engine.tasks import task_of
 from workbench.interop import LoadReport, load_pretrained, load_weights
 from workbench.interop.checkpoint import (
@@ -49,6 +48,7 @@ from workbench.interop.checkpoint import (
     resolve,
     save_checkpoint,
 )
+from workbench.precision import autocast, run_precision
 
 Callback = Callable[[str, dict[str, Any]], None]
 

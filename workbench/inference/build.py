@@ -20,11 +20,11 @@ from typing import Any
 from torch import nn
 
 from workbench.config import Config
-from workbench.engine.precision import resolve_device, use_channels_last
 from workbench.inference.detection_predictor import DetectionPredictor
 from workbench.inference.predictor import Predictor
 from workbench.inference.recipes import recipe_for
 from workbench.interop import LoadReport
+from workbench.precision import resolve_device, use_channels_last
 
 
 def load_run(path: str | Path, ema: bool = False) -> tuple[Config, nn.Module, LoadReport]:

@@ -8,7 +8,7 @@
 Images go through the one image reader (``read_image``); the detector resizes them itself (its
 ``min_size`` / ``max_size``) and returns boxes and masks in image pixels. Device and precision are
 the segmentation ``Predictor``'s: the model is used as given (``workbench.inference.placement``), in
-``workbench.engine.precision``'s setting. Building from runs and releases: ``workbench.inference.build``.
+``workbench.precision``'s setting. Building from runs and releases: ``workbench.inference.build``.
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ from torch import nn
 
 from workbench.data.classes import Classes, default_palette
 from workbench.data.image import ImageSource, read_image
-from workbench.engine.precision import autocast, model_device_dtype, resolve_precision
 from workbench.inference.placement import as_given
 from workbench.models.detection.detectors import DetectorMixin
+from workbench.precision import autocast, model_device_dtype, resolve_precision
 
 
 @dataclass
@@ -81,7 +81,7 @@ class DetectionPredictor:
         device: None (the model's own), "cpu", "cuda" or "cuda:N" (refused without a GPU); the model is
             used as given, or an eval-mode copy where it is elsewhere or in training mode
             (``self.note`` says why).
-        precision: "fp32" (the default), "bf16", "fp16" or "auto" (``workbench.engine.precision``).
+        precision: "fp32" (the default), "bf16", "fp16" or "auto" (``workbench.precision``).
         score_threshold: detections scoring less are left out (a call can ask for another); the
             detector's own ``box_score_thresh`` / ``score_thresh`` (0.05) has applied before.
     """

@@ -12,7 +12,7 @@ import copy
 import torch
 from torch import nn
 
-from workbench.engine.precision import model_device_dtype, resolve_device, use_channels_last
+from workbench.precision import model_device_dtype, resolve_device, use_channels_last
 
 
 def as_given(

@@ -32,13 +32,13 @@ from workbench.data.classes import Classes
 from workbench.data.image import ImageSource, read_image
 from workbench.data.transforms import EvalTransform
 from workbench.engine.evaluate import forward_padded, predict_probs
-from workbench.engine.precision import autocast, model_device_dtype, resolve_precision
 from workbench.inference.labels import argmax_resized
 from workbench.inference.placement import as_given, is_channels_last
 from workbench.inference.session import Session
 from workbench.models.detection.detectors import DetectorMixin
 from workbench.models.explain import View
 from workbench.models.segmentor import Segmentor
+from workbench.precision import autocast, model_device_dtype, resolve_precision
 from workbench.viz.overlay import colorize, overlay
 from workbench.viz.record import capture, select_sites
 
@@ -114,7 +114,7 @@ class Predictor:
         classes: names and palette; numbered classes when absent or of another count.
         transform: the evaluation preprocessing (default: no resize, the model's mean/std).
         device: None (the model's own), "cpu", "cuda" or "cuda:N" (refused without a GPU).
-        precision: "fp32" (the default), "bf16", "fp16" or "auto" (``workbench.engine.precision``;
+        precision: "fp32" (the default), "bf16", "fp16" or "auto" (``workbench.precision``;
             ``self.precision.reason`` says what auto chose). Probabilities and explain queries are
             computed in fp32 whatever the forward ran in.
         channels_last: None keeps the model's layout; True / False ask for channels-last /

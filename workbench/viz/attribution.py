@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from workbench.engine.precision import model_device_dtype
+from workbench.precision import model_device_dtype
 
 # captum is imported inside each method: its import takes ~1.4 s and pulls in matplotlib.pyplot, a cost
 # every ``import workbench.viz`` (the Predictor, the app) would pay for a feature few calls use.

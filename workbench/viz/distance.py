@@ -26,8 +26,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from workbench.engine.precision import model_device_dtype
 from workbench.models.explain import AttentionMap, CachedAttention, CrossLayout, TokenGrid, WindowLayout
+from workbench.precision import model_device_dtype
 from workbench.viz.groups import gp_sites, site_probs
 from workbench.viz.record import record
 

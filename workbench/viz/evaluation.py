@@ -2,7 +2,7 @@
 
 They read what the engine's evaluation returns (``ConfusionMatrix.metrics()``: percent figures by class
 name; the matrix itself, rows = ground truth, columns = prediction; and for the worst images
-``workbench.engine.analysis.review``'s ``ImageScore`` or anything with ``image``, ``labels``,
+``workbench.studies.analysis.review``'s ``ImageScore`` or anything with ``image``, ``labels``,
 ``prediction``, ``miou`` and ``index``). Like ``figures.py`` they build ``Figure`` objects directly.
 """
 

@@ -23,9 +23,9 @@ from typing import TypeVar
 import torch
 from torch import nn
 
-from workbench.engine.precision import model_device_dtype
 from workbench.models.explain import AttentionMap, CachedAttention, attention_probs
 from workbench.models.gpvit import GPBlock, GroupPropagation
+from workbench.precision import model_device_dtype
 
 Site = AttentionMap | CachedAttention
 S = TypeVar("S", AttentionMap, CachedAttention)

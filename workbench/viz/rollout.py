@@ -23,8 +23,8 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-from workbench.engine.precision import model_device_dtype
 from workbench.models.explain import AttentionMap, CachedAttention, attention_probs
+from workbench.precision import model_device_dtype
 from workbench.viz.record import record
 
 Site = AttentionMap | CachedAttention

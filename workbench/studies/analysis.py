@@ -27,10 +27,10 @@ from torch import nn
 
 from workbench.config import EvalConfig
 from workbench.engine.evaluate import ConfusionMatrix, predict_probs
-from workbench.engine.precision import model_device_dtype
 from workbench.inference.predictor import Predictor
 from workbench.models.complexity import count_gmacs, count_params
 from workbench.models.layers import pad_for
+from workbench.precision import model_device_dtype
 from workbench.viz.distance import attention_distances
 from workbench.viz.groups import group_purity, normalized_mutual_information
 from workbench.viz.measures import receptive_field_radius
