@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from tempfile import TemporaryDirectory
 
-# The repository root instead of this folder on the import path: `apps.app` imports from there.
+# The repository root instead of this folder on the import path: `apps` imports from there.
 sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 import numpy as np  # noqa: E402
@@ -27,7 +27,10 @@ import torch  # noqa: E402
 from gradio_client import Client, handle_file  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from apps.app import Settings, Workbench, build_app, free_port, launch  # noqa: E402
+from apps.handlers import Workbench  # noqa: E402
+from apps.layout import build_app  # noqa: E402
+from apps.serve import free_port, launch  # noqa: E402
+from apps.settings import Settings  # noqa: E402
 from workbench.data.demo import render_scene  # noqa: E402
 
 

@@ -11,7 +11,7 @@ Parts (``--only``, all by default), each model randomly initialised:
   ``--size``: a prediction, ``set_image``, a click on every attention site, a GP block's groups;
 - analyses: ``attention_distances``, ``effective_receptive_field`` and ``attribute`` on each model with
   bf16 weights on the device, fed CPU images (results must come back on the CPU);
-- app: the Gradio app's handlers (``apps.app.Workbench``, bf16) on a checkpoint of ``--app-config``:
+- app: the Gradio app's handlers (``apps.handlers.Workbench``, bf16) on a checkpoint of ``--app-config``:
   a segmentation, a click, an occlusion attribution;
 - notebooks: every notebook run top to bottom with the test suite's tiny parameters
   (``tests/test_notebooks.py``); its peak is the kernel's (0 MiB: the notebook ran on the CPU).
@@ -37,7 +37,7 @@ from tempfile import TemporaryDirectory
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # ``apps.app`` and the suite's notebook settings import from the root
+if str(ROOT) not in sys.path:  # ``apps`` and the suite's notebook settings import from the root
     sys.path.insert(0, str(ROOT))
 for name, value in (
     ("HF_HUB_OFFLINE", "1"),  # a GPU machine is often offline: timm would retry the hub for ~50 s
@@ -187,7 +187,8 @@ def _analyses_calls(smoke: Smoke, name: str, images: torch.Tensor, tiny: bool) -
 
 
 def app_part(smoke: Smoke, config: str, size: int) -> None:
-    from apps.app import Settings, Workbench  # gradio's import costs seconds: only when the app runs
+    from apps.handlers import Workbench
+    from apps.settings import Settings  # gradio's import costs seconds: only when the app runs
 
     y, x = size // 3, size // 2
     with TemporaryDirectory() as folder:

@@ -6,7 +6,7 @@
 1. ``workbench predict`` with a 150-class GPViT-L1 UperNet (the ADE20K preset: test scale short side
    512, whole image; random weights, as memory does not depend on them) on a 12 MP (3000x4000) photo,
    in a fresh process: its peak resident set (``ru_maxrss`` of the child).
-2. The app's handlers (``apps.app.Workbench``) holding 16 sessions of 1 MP (1000x1000) images with the
+2. The app's handlers (``apps.handlers.Workbench``) holding 16 sessions of 1 MP (1000x1000) images with the
    demo GPViT (the demo preset; ``make demo``'s model, random weights): the resident set after each
    session is opened, in a fresh process.
 """
@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path[0] = str(Path(__file__).resolve().parent.parent)  # the repository root, for apps.app
+sys.path[0] = str(Path(__file__).resolve().parent.parent)  # the repository root, for apps
 
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
@@ -68,7 +68,8 @@ def predict_peak(folder: Path) -> dict:
 
 def app_sessions(folder: Path, count: int = 16) -> dict:
     """RSS (MB) of the app's handlers before and after ``count`` sessions of 1 MP images."""
-    from apps.app import Settings, Workbench
+    from apps.handlers import Workbench
+    from apps.settings import Settings
     from workbench.build import build_model
     from workbench.config import load_config
     from workbench.interop.checkpoint import save_weights

@@ -14,7 +14,8 @@ sys.path[0] = str(Path(__file__).resolve().parent.parent)  # the repository root
 
 from playwright.sync_api import sync_playwright  # noqa: E402
 
-from apps.app import demo_examples, serve  # noqa: E402
+from apps.handlers import demo_examples  # noqa: E402
+from apps.serve import serve  # noqa: E402
 from tests.test_app_browser import CHROMIUM, FLAGS  # noqa: E402
 
 

@@ -6,7 +6,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from apps.app import Settings, Workbench, build_app, free_port, launch
+from apps.handlers import Workbench
+from apps.layout import build_app
+from apps.serve import free_port, launch
+from apps.settings import Settings
 from workbench.build import build_model
 from workbench.config import load_config
 from workbench.interop.checkpoint import save_weights

@@ -19,7 +19,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from apps.app import Settings, Workbench
+from apps.handlers import Workbench
+from apps.settings import Settings
 from workbench.build import build_model
 from workbench.config import load_config
 from workbench.inference import load_predictor

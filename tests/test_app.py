@@ -18,7 +18,8 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
-from apps.app import Settings, Workbench
+from apps.handlers import Workbench
+from apps.settings import Settings
 from workbench import Predictor
 from workbench.data.demo import render_scene
 from workbench.data.examples import example_path

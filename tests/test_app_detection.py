@@ -9,7 +9,9 @@ import pytest
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
-from apps.app import Settings, Workbench, build_app
+from apps.handlers import Workbench
+from apps.layout import build_app
+from apps.settings import Settings
 from workbench.data.classes import DEMO
 from workbench.data.image import read_image
 from workbench.inference.detection_predictor import DetectionPredictor

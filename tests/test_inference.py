@@ -142,7 +142,8 @@ def test_labels_above_256_classes_are_written_as_16_bit_png(tmp_path):
 
 
 def test_occlusion_windows_are_sized_from_the_model_input(tmp_path, monkeypatch):
-    from apps.app import ATTRIBUTIONS, Settings, Workbench
+    from apps.handlers import Workbench
+    from apps.settings import ATTRIBUTIONS, Settings
     from workbench.inference.session import Session
 
     from .app_server import tiny_checkpoint

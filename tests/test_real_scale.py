@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from apps.app import Settings
+from apps.settings import Settings
 
 PEAK_RSS_MB = 3500  # measured 2.6 GB: imports (torch, gradio) 0.8 GB, 150-class sliding windows at 512x910
 
