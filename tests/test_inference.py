@@ -171,3 +171,14 @@ def test_the_recipe_classes_and_transform_come_from_the_preset():
     cfg = recipe_for("setr_hlg_small", 19)
     assert cfg.eval.mode == "slide" and cfg.eval.window == 768
     assert eval_transform(cfg).scale == (2048, 1024) and len(classes_of(cfg)) == 19
+
+
+def test_both_predictors_follow_the_one_protocol():
+    from workbench.inference import DetectionPredictor, ImagePredictor
+    from workbench.models.detection import create_detector, detector_info
+
+    segmentor = Predictor(tiny_setr("setr_naive_vit_base").eval())
+    info = detector_info("gpvit_l1_retinanet")
+    detector = DetectionPredictor(create_detector("gpvit_l1_retinanet", num_classes=3, **info.tiny).eval())
+    for predictor in (segmentor, detector):
+        assert isinstance(predictor, ImagePredictor) and predictor.note == ""

@@ -8,12 +8,14 @@ session = predictor.open(photo)                               # segmentors: expl
 from workbench.inference.build import load_predictor, load_run
 from workbench.inference.detection_predictor import DetectionPredictor, Detections
 from workbench.inference.predictor import Prediction, Predictor
+from workbench.inference.protocol import ImagePredictor
 from workbench.inference.recipes import recipe_for
 from workbench.inference.session import Session
 
 __all__ = [
     "DetectionPredictor",
     "Detections",
+    "ImagePredictor",
     "Prediction",
     "Predictor",
     "Session",
