@@ -28,8 +28,8 @@ class Workbench:
     def __init__(self, settings: Settings, checkpoint: str, model: str = "", num_classes: int | None = None):
         self.settings = settings
         self.models = Models(settings)
-        self.sessions = Sessions(settings)
-        self.default = self.models.get(checkpoint, model, num_classes)
+        self.sessions = Sessions(settings, self.models)
+        self.default = self.models.pin(checkpoint, model, num_classes)  # never dropped, no folder check
 
     def query(self, key: str, path: str, ask, what: str = "attention maps"):
         """``ask(session, entry)`` on the session of ``path`` with model ``key``, under the model's lock;

@@ -23,7 +23,9 @@ ATTRIBUTIONS = {
 @dataclass(frozen=True)
 class Settings:
     """Limits and placement: images over ``pixel_budget`` are downscaled (with a notice), over
-    ``max_pixels`` refused (checked from the header), under ``min_side`` refused."""
+    ``max_pixels`` refused (checked from the header), under ``min_side`` refused. Models and sessions
+    (at most ``sessions``) share ``memory_budget_mb``; the load box loads only from the folders in
+    ``allow_load`` (none: loading from the page is off); uploads over ``max_upload_mb`` are refused."""
 
     pixel_budget: int = 1024 * 1024
     max_pixels: int = 50_000_000
@@ -31,3 +33,6 @@ class Settings:
     sessions: int = 16
     device: str | None = None
     precision: str = "auto"
+    memory_budget_mb: int = 4096
+    allow_load: tuple[str, ...] = ()
+    max_upload_mb: int = 64

@@ -1,26 +1,39 @@
-"""Models and explain sessions the app keeps: each checkpoint loaded once and shared by every user, its
-lock (one model call at a time), and the sessions of the images segmented, bounded and keyed by the model
-and the file's bytes, so a click on a segmented image runs no forward pass."""
+"""Models and explain sessions the app keeps, in bytes against one memory budget: each checkpoint
+loaded once and shared by every user, with its lock (one model call at a time), and the sessions of the
+images segmented, keyed by the model and the file's bytes, so a click on a segmented image runs no
+forward pass. The least recently used go first; the app's own model (pinned) never does."""
 
 from __future__ import annotations
 
 import hashlib
 import threading
 from collections import OrderedDict
+from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
+
 from apps.settings import Settings
 from workbench import Predictor
 from workbench.data.image import DecodedImage, open_image
-from workbench.inference.detection_predictor import DetectionPredictor
+from workbench.inference.detection_predictor import DetectionPredictor, Detections
 from workbench.interop.checkpoint import is_checkpoint
+
+LOADING_OFF = (
+    "loading models from the page is off: start the app with --allow-load DIR ... (the folders it may "
+    "load from) to turn it on"
+)
+# the same words whether the path exists or not: the load box is no oracle of the server's files
+REFUSED = "refused: this app loads models only from the folders it was started with (--allow-load)"
 
 
 @dataclass
 class Loaded:
-    """A predictor shared by every user, its lock (one model call at a time) and what loading said."""
+    """A predictor shared by every user, its lock (one model call at a time) and what loading said.
+    ``key`` names the checkpoint, the model and the class count: what ``Models.find`` reloads it from."""
 
     key: str
     predictor: Predictor | DetectionPredictor
@@ -51,24 +64,148 @@ def load_predictor(
     return Predictor.from_pretrained(path, model, int(num_classes), **kwargs)
 
 
-class Models:
-    """Predictors by checkpoint, each loaded once; the ``keep`` most recently used stay in memory."""
+def loadable(checkpoint: str, folders: Iterable[str]) -> Path:
+    """``checkpoint`` resolved (symlinks followed) if it lies in one of ``folders``, else a one-line
+    refusal that reads the same whether it exists or not (``LOADING_OFF`` where there are no folders)."""
+    folders = list(folders)
+    if not folders:
+        raise ValueError(LOADING_OFF)
+    try:
+        path = Path(checkpoint).expanduser().resolve()
+        allowed = [Path(folder).expanduser().resolve() for folder in folders]
+    except (OSError, RuntimeError):  # a symlink loop, an unknown ~user
+        raise ValueError(REFUSED) from None
+    if not any(path.is_relative_to(folder) for folder in allowed):
+        raise ValueError(REFUSED)
+    return path
 
-    def __init__(self, settings: Settings, keep: int = 2) -> None:
-        self.settings, self.keep = settings, keep
-        self._loaded: OrderedDict[str, Loaded] = OrderedDict()
+
+def nbytes(*values: Any) -> int:
+    """Bytes held by arrays and tensors (None skipped), each storage counted once (q and k may be
+    views of one buffer)."""
+    seen, total = set(), 0
+    for value in values:
+        if isinstance(value, torch.Tensor):
+            storage = value.untyped_storage()
+            key, size = ("tensor", storage.data_ptr()), storage.nbytes()
+        elif isinstance(value, np.ndarray):
+            base = value
+            while isinstance(base.base, np.ndarray):
+                base = base.base
+            key, size = ("array", id(base)), base.nbytes
+        else:
+            continue
+        if key not in seen:
+            seen.add(key)
+            total += size
+    return total
+
+
+class Memory:
+    """What the app holds against one budget of ``budget`` bytes, models and sessions alike: each entry
+    its value, bytes and owner (a session's model: dropping a model drops its sessions, which hold it).
+    Putting an entry drops the least recently used others until the total fits; pinned ones never."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self._held: OrderedDict[Hashable, tuple[Any, int, Hashable | None]] = OrderedDict()
+        self._pinned: set[Hashable] = set()
         self._lock = threading.Lock()
 
-    def get(self, checkpoint: str, model: str = "", num_classes: int | None = None) -> Loaded:
-        key = f"{Path(checkpoint).expanduser().resolve()}|{model}|{num_classes or ''}"
+    @property
+    def used(self) -> int:
         with self._lock:
-            if key not in self._loaded:
+            return sum(size for _, size, _ in self._held.values())
+
+    def held(self) -> list[Hashable]:
+        """What is held, least recently used first."""
+        with self._lock:
+            return list(self._held)
+
+    def get(self, key: Hashable) -> Any | None:
+        with self._lock:
+            if key not in self._held:
+                return None
+            self._held.move_to_end(key)
+            return self._held[key][0]
+
+    def put(self, key: Hashable, value: Any, size: int, owner: Hashable = None, pinned: bool = False) -> None:
+        """Holds ``value`` (unless its owner was dropped meanwhile: nothing would free that model), then
+        drops the least recently used unpinned others while the total is over budget."""
+        with self._lock:
+            if owner is not None and owner not in self._held:
+                return
+            self._held[key] = (value, size, owner)
+            self._held.move_to_end(key)
+            if pinned:
+                self._pinned.add(key)
+            used = sum(held_size for _, held_size, _ in self._held.values())
+            for old in list(self._held):
+                if used <= self.budget:
+                    break
+                if old != key and old not in self._pinned and old in self._held:
+                    used -= self._drop(old)
+
+    def drop(self, key: Hashable) -> None:
+        with self._lock:
+            if key in self._held:
+                self._drop(key)
+
+    def _drop(self, key: Hashable) -> int:
+        """Forgets ``key`` and what it owns; the bytes freed."""
+        freed = self._held.pop(key)[1]
+        for owned in [other for other, (_, _, owner) in self._held.items() if owner == key]:
+            freed += self._held.pop(owned)[1]
+        return freed
+
+
+class Models:
+    """Predictors by checkpoint, each loaded once, counted in ``memory`` (parameters and buffers).
+    Loading runs outside the store's lock: a second request for the same model waits for the first
+    load; lookups and loads of other models go on meanwhile."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.memory = Memory(settings.memory_budget_mb * 2**20)
+        self._loading: dict[str, threading.Lock] = {}
+        self._lock = threading.Lock()  # guards _loading only: held for no load
+
+    def pin(self, checkpoint: str, model: str = "", num_classes: int | None = None) -> Loaded:
+        """The app's own model, from its command line: loaded without the folder check, never dropped."""
+        path = Path(checkpoint).expanduser().resolve()
+        return self._load(path, model, num_classes, pinned=True)
+
+    def get(self, checkpoint: str, model: str = "", num_classes: int | None = None) -> Loaded:
+        """The model of ``checkpoint`` (a path in the folders ``Settings.allow_load`` names), loaded
+        if it is not held."""
+        return self._load(loadable(checkpoint, self.settings.allow_load), model, num_classes)
+
+    def find(self, key: str) -> Loaded:
+        """The model of ``key`` (a ``Loaded.key``), loaded again if it was dropped to make room."""
+        loaded = self.memory.get(key)
+        if loaded is not None:
+            return loaded
+        try:
+            checkpoint, model, classes = key.rsplit("|", 2)
+        except ValueError:
+            raise ValueError("unknown model: load it in the model box") from None
+        return self.get(checkpoint, model, int(classes) if classes else None)
+
+    def _load(self, path: Path, model: str, num_classes: int | None, pinned: bool = False) -> Loaded:
+        key = f"{path}|{model}|{num_classes or ''}"
+        loaded = self.memory.get(key)
+        if loaded is not None:
+            return loaded
+        with self._lock:
+            load_lock = self._loading.setdefault(key, threading.Lock())
+        try:
+            with load_lock:  # one load per model; the one waiting finds it held
+                loaded = self.memory.get(key)
+                if loaded is not None:
+                    return loaded
+                settings = self.settings
                 predictor = load_predictor(
-                    checkpoint,
-                    model,
-                    num_classes,
-                    device=self.settings.device,
-                    precision=self.settings.precision,
+                    str(path), model, num_classes, device=settings.device, precision=settings.precision
                 )
                 report = "\n".join(
                     [
@@ -77,17 +214,13 @@ class Models:
                         f"({predictor.precision.reason}), {predictor.num_classes} classes",
                     ]
                 )
-                self._loaded[key] = Loaded(key, predictor, threading.Lock(), report)
-            self._loaded.move_to_end(key)
-            while len(self._loaded) > self.keep:
-                self._loaded.popitem(last=False)
-            return self._loaded[key]
-
-    def find(self, key: str) -> Loaded:
-        with self._lock:
-            if key not in self._loaded:
-                raise ValueError("that model was unloaded to make room for another: load it again")
-            return self._loaded[key]
+                loaded = Loaded(key, predictor, threading.Lock(), report)
+                module = predictor.model
+                self.memory.put(key, loaded, nbytes(*module.parameters(), *module.buffers()), pinned=pinned)
+                return loaded
+        finally:
+            with self._lock:
+                self._loading.pop(key, None)
 
 
 @dataclass
@@ -109,24 +242,32 @@ class Entry:
             "notes": list(self.decoded.notes),
         }
 
+    def nbytes(self) -> int:
+        """The image's pixels, the cached q, k and masks, the labels (a detector's arrays)."""
+        session = self.session
+        if isinstance(session, Detections):
+            held = [session.boxes, session.labels, session.scores, session.masks]
+        else:
+            held = [session.image, session.prediction.labels, session.prediction.probs]
+            held += [tensor for site in session.cached.values() for tensor in (site.q, site.k, site.mask)]
+        return nbytes(self.decoded.pixels, *held)
+
 
 class Sessions:
-    """Explain sessions by (model, image file bytes), the last ``size`` kept: a click on an image that
-    was segmented runs no forward pass. An evicted image is segmented again on its next query."""
+    """Explain sessions by (model, image file bytes), counted in the models' memory (and at most
+    ``Settings.sessions`` of them): a click on an image that was segmented runs no forward pass. A
+    dropped image is segmented again on its next query."""
 
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self._entries: OrderedDict[tuple[str, str], Entry] = OrderedDict()
-        self._lock = threading.Lock()
+    def __init__(self, settings: Settings, models: Models) -> None:
+        self.settings, self.memory = settings, models.memory
 
     def get(self, loaded: Loaded, path: str) -> Entry:
         if not path:
             raise ValueError("no image: upload one or pick an example")
         key = (loaded.key, hashlib.sha256(Path(path).read_bytes()).hexdigest())
-        with self._lock:
-            if key in self._entries:
-                self._entries.move_to_end(key)
-                return self._entries[key]
+        entry = self.memory.get(key)
+        if entry is not None:
+            return entry
         settings = self.settings
         try:
             decoded = open_image(
@@ -142,8 +283,8 @@ class Sessions:
                 entry = Entry(decoded, loaded.predictor(decoded.pixels, score_threshold=0.0))
             else:
                 entry = Entry(decoded, loaded.predictor.open(decoded.pixels, probs=False))  # labels suffice
-        with self._lock:
-            self._entries[key] = entry
-            while len(self._entries) > settings.sessions:
-                self._entries.popitem(last=False)
+        self.memory.put(key, entry, entry.nbytes(), owner=loaded.key)
+        sessions = [held for held in self.memory.held() if isinstance(held, tuple)]
+        for old in sessions[: max(0, len(sessions) - settings.sessions)]:
+            self.memory.drop(old)
         return entry

@@ -28,7 +28,8 @@ def run(tmp_path_factory):
 
 
 def test_the_model_box_loads_a_detection_run_and_the_page_shows_its_detections(tmp_path, run):
-    workbench = Workbench(Settings(precision="fp32"), str(tiny_checkpoint(tmp_path / "segmentor")))
+    settings = Settings(precision="fp32", allow_load=(str(run.parent),))  # the model box loads from there
+    workbench = Workbench(settings, str(tiny_checkpoint(tmp_path / "segmentor")))
     app = build_app(workbench)
     handlers = {function.name: function.fn for function in app.fns.values()}
     key, report = handlers["on_load"](str(run), "", None, "")
