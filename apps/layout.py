@@ -1,22 +1,28 @@
 """The Blocks: the page's components and their wiring to the handlers (``apps.handlers``), and the API
-for ``gradio_client``. Layout and wiring only."""
+for ``gradio_client``. Layout and wiring only: every answer comes from a ``Workbench`` handler, whose
+one-line ValueError becomes the page's error."""
 
 from __future__ import annotations
 
+import hashlib
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
 import gradio as gr
-import numpy as np
 
-from apps.handlers import Workbench, can_roll, click_sites, demo_examples, head_choices, legend_html
-from apps.settings import ATTRIBUTIONS, IMAGE_HEIGHT, MEAN, SCORE_THRESHOLD, SEGMENTATION_ONLY
-from workbench.data.classes import default_palette
-from workbench.viz.explorers import heat_overlay, mark_pixel
-from workbench.viz.groups import gp_sites
-from workbench.viz.overlay import colorize, overlay
-from workbench.viz.summary import attention_distribution, class_areas
+from apps.handlers import Workbench, demo_examples, one_line
+from apps.settings import ATTRIBUTIONS, IMAGE_HEIGHT, MEAN, SCORE_THRESHOLD
 
 
-def _fail(error: Exception) -> gr.Error:
-    return gr.Error(str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__)
+@contextmanager
+def shown_as_error() -> Iterator[None]:
+    """A handler's refusal (or an unreadable file) as the page's one-line error."""
+    try:
+        yield
+    except (ValueError, OSError) as error:
+        raise gr.Error(one_line(error)) from None
 
 
 def build_app(workbench: Workbench) -> gr.Blocks:
@@ -29,6 +35,7 @@ def build_app(workbench: Workbench) -> gr.Blocks:
         gr.Markdown(
             "## ViT dense-prediction workbench\nUpload an image or pick an example, then click a pixel."
         )
+        model_card = gr.Markdown(workbench.model_card(workbench.default.key), elem_id="model-card")
         with gr.Row():
             with gr.Column(scale=1):
                 upload = gr.File(label="image", file_count="single", type="filepath", elem_id="upload")
@@ -42,14 +49,16 @@ def build_app(workbench: Workbench) -> gr.Blocks:
                 )
                 opacity = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="opacity")
                 notice = gr.Markdown(elem_id="notice")
-                with gr.Accordion("model", open=False):
-                    checkpoint = gr.Textbox(label="checkpoint (run folder, checkpoint or released file)")
+                with gr.Accordion("model", open=False, elem_id="model-box"):
+                    checkpoint = gr.Textbox(
+                        label="checkpoint (run folder, checkpoint or released file)", elem_id="checkpoint"
+                    )
                     with gr.Row():
                         model_name = gr.Textbox(
                             label="segmentor or detector, for a released file", placeholder="gpvit_l1_upernet"
                         )
                         num_classes = gr.Number(label="classes", precision=0, value=None)
-                    load = gr.Button("load")
+                    load = gr.Button("load", elem_id="load")
                     report = gr.Textbox(value=workbench.default.report, label="load report", lines=4)
             with gr.Column(scale=2):
                 segmentation = gr.Image(
@@ -79,7 +88,9 @@ def build_app(workbench: Workbench) -> gr.Blocks:
                 with gr.Row():
                     layer = gr.Dropdown(label="layer", choices=[], allow_custom_value=True)
                     head = gr.Dropdown(label="head", choices=[MEAN], value=MEAN, allow_custom_value=True)
-                    rollout = gr.Checkbox(label="rollout (SETR)", value=False, interactive=False)
+                    rollout = gr.Checkbox(
+                        label="rollout (SETR)", value=False, interactive=False, elem_id="rollout"
+                    )
                 attention_image = gr.Image(
                     label="attention of the clicked pixel", format="png", elem_id="attention-map"
                 )
@@ -96,167 +107,85 @@ def build_app(workbench: Workbench) -> gr.Blocks:
                 groups_text = gr.Markdown(elem_id="groups-text")
             with gr.Tab("attribution", id="attribution"):
                 method = gr.Radio(list(ATTRIBUTIONS), value="occlusion", label="captum method")
-                attribute_button = gr.Button("attribute the clicked pixel's class over its region")
-                attribution_image = gr.Image(label="attribution (signed)", format="png", height=IMAGE_HEIGHT)
-                attribution_text = gr.Markdown()
+                attribute_button = gr.Button(
+                    "attribute the clicked pixel's class over its region", elem_id="attribute"
+                )
+                attribution_image = gr.Image(
+                    label="attribution (signed)", format="png", height=IMAGE_HEIGHT, elem_id="attribution-map"
+                )
+                attribution_text = gr.Markdown(elem_id="attribution-text")
 
         def segment(key, path, alpha, score_threshold):
             """The main tab for a new image or model (a dict: component -> value); clicks are reset."""
-            try:
-                loaded = workbench.models.find(key)
-            except ValueError as error:
-                raise _fail(error) from None
-            shown = {
-                segmentation: None,
-                legend: "",
-                areas: gr.update(value=None, visible=not loaded.detects),
-                detection_panel: gr.update(visible=loaded.detects),
-                detection_table: None,
-                notice: "",
+            with shown_as_error():
+                view = workbench.segment(key, path, alpha, score_threshold)
+            return {
+                segmentation: view.picture,
+                legend: view.legend,
+                areas: gr.update(value=view.areas, visible=not view.detects),
+                detection_panel: gr.update(visible=view.detects),
+                detection_table: view.detections,
+                notice: view.notice,
                 image_path: path or "",
                 clicked: None,
-                layer: gr.update(choices=[], value=None),
-                head: gr.update(choices=[MEAN], value=MEAN),
-                rollout: gr.update(value=False, interactive=False),
-                block: gr.update(choices=[], value=None),
-                groups_image: None,
-                effective_image: None,
-                groups_text: "",
+                layer: gr.update(choices=view.sites, value=view.sites[-1] if view.sites else None),
+                head: gr.update(choices=view.heads, value=MEAN),
+                rollout: gr.update(value=False, interactive=view.can_roll),
+                block: gr.update(choices=view.blocks, value=view.blocks[0] if view.blocks else None),
+                groups_image: view.groups[0],
+                effective_image: view.groups[1],
+                groups_text: view.groups[2],
                 attention_image: None,
                 click_text: "",
             }
-            if not path:
-                return shown
-            if loaded.detects:
-                drawn, text, rows = detections_view(key, path, alpha, score_threshold)
-                return shown | {
-                    segmentation: drawn,
-                    notice: text,
-                    detection_table: rows,
-                    groups_text: SEGMENTATION_ONLY.format("GP groups"),
-                }
-            try:
-                entry = workbench.sessions.get(loaded, path)
-                session = entry.session
-                sites, roll = click_sites(session), can_roll(session)
-                heads = head_choices(session, sites[-1]) if sites else [MEAN]
-                blocks = list(gp_sites(session.cached))
-            except (ValueError, OSError) as error:
-                raise _fail(error) from None
-            found = class_areas(entry.session.prediction.labels, loaded.predictor.classes)
-            height, width = entry.decoded.pixels.shape[:2]
-            notes = "; ".join(entry.decoded.notes)
-            groups = (
-                groups_view(key, path, blocks[0], None)
-                if blocks
-                else (None, None, "no GP blocks: not a GPViT")
-            )
-            return shown | {
-                segmentation: entry.session.prediction.overlay(entry.decoded.pixels, alpha),
-                legend: legend_html(found),
-                areas: gr.update(
-                    value=[[a.name, a.pixels, round(a.percent, 2)] for a in found], visible=True
-                ),
-                notice: f"{width}x{height} pixels" + (f" — {notes}" if notes else ""),
-                layer: gr.update(choices=sites, value=sites[-1] if sites else None),
-                head: gr.update(choices=heads, value=MEAN),
-                rollout: gr.update(value=False, interactive=roll),
-                block: gr.update(choices=blocks, value=blocks[0] if blocks else None),
-                **dict(zip((groups_image, effective_image, groups_text), groups, strict=True)),
-            }
-
-        def detections_view(key, path, alpha, score_threshold):
-            try:
-                return workbench.detection_view(key, path, alpha, score_threshold)
-            except (ValueError, OSError) as error:
-                raise _fail(error) from None
 
         def on_threshold(key, path, alpha, score_threshold):
-            if not path:
-                return None, "", None
-            return detections_view(key, path, alpha, score_threshold)
+            with shown_as_error():
+                return workbench.detection_view(key, path, alpha, score_threshold)
 
-        def groups_view(key, path, gp_block, pixel):
-            def ask(session, entry):
-                image = entry.decoded.pixels
-                assignment = session.group_assignment(gp_block).numpy()
-                count = int(assignment.max()) + 1
-                coloured = overlay(image, colorize(assignment, default_palette(count)), 0.5)
-                effective = None
-                if pixel is not None:
-                    weights = session.effective_attention_at(*pixel, gp_block)
-                    effective = mark_pixel(heat_overlay(image, weights), *pixel)
-                used = len(np.unique(assignment))
-                return coloured, effective, f"{gp_block}: {used} groups hold pixels"
-
-            return workbench.query(key, path, ask, what="GP groups")
+        def on_click(key, path, name, head_value, roll, gp_block, evt: gr.SelectData):
+            x, y = (int(v) for v in evt.index[:2])
+            with shown_as_error():
+                view = workbench.click(key, path, y, x, name or "", head_value or MEAN, roll, gp_block or "")
+            return (y, x), view.heat, view.text, view.effective
 
         def attention_view(key, path, pixel, name, head_value, roll):
             if not path or pixel is None:
                 return None, ""
-            try:
-                weights = workbench.attention(key, path, *pixel, name or "", head_value or MEAN, roll)
-            except ValueError as error:
-                raise _fail(error) from None
-            image = workbench.sessions.get(workbench.models.find(key), path).decoded.pixels
-            what = "rollout" if roll else f"{name}, head {head_value or MEAN}"
-            return mark_pixel(
-                heat_overlay(image, weights), *pixel
-            ), f"pixel (y={pixel[0]}, x={pixel[1]}): {what}"
-
-        def on_click(key, path, name, head_value, roll, gp_block, evt: gr.SelectData):
-            if not path:
-                raise gr.Error("no image: upload one or pick an example")
-            if workbench.models.find(key).detects:
-                return None, None, SEGMENTATION_ONLY.format("attention maps"), None
-            x, y = (int(v) for v in evt.index[:2])
-            pixel = (y, x)
-            heat, text = attention_view(key, path, pixel, name, head_value, roll)
-            effective = None
-            if gp_block:
-                _, effective, _ = groups_view(key, path, gp_block, pixel)
-            return pixel, heat, text, effective
+            with shown_as_error():
+                view = workbench.click(key, path, *pixel, name or "", head_value or MEAN, roll)
+            return view.heat, view.text
 
         def on_layer(key, path, pixel, name, roll):
             if not path or not name:
                 return gr.update(), None, ""
-            heads = workbench.query(key, path, lambda session, _: head_choices(session, name))
+            with shown_as_error():
+                heads = workbench.heads(key, path, name)
             return (gr.update(choices=heads, value=MEAN), *attention_view(key, path, pixel, name, MEAN, roll))
 
         def on_block(key, path, gp_block, pixel):
             if not path or not gp_block:
                 return None, None, ""
-            return groups_view(key, path, gp_block, pixel)
+            with shown_as_error():
+                return workbench.groups(key, path, gp_block, pixel)
 
         def on_opacity(key, path, alpha, score_threshold):
-            if not path:
-                return None
-            if workbench.models.find(key).detects:
-                return detections_view(key, path, alpha, score_threshold)[0]
-            entry = workbench.sessions.get(workbench.models.find(key), path)
-            return entry.session.prediction.overlay(entry.decoded.pixels, alpha)
+            with shown_as_error():
+                return workbench.picture(key, path, alpha, score_threshold)
 
         def on_attribute(key, path, pixel, chosen, progress=gr.Progress()):  # noqa: B008 (Gradio's idiom)
-            if workbench.models.find(key).detects:
-                return None, SEGMENTATION_ONLY.format("attributions")
-            if not path or pixel is None:
-                raise gr.Error("click a pixel first: its class over its region is attributed")
             progress(0.0, desc=f"{chosen}")
-            try:
+            with shown_as_error():
                 return workbench.attribution(key, path, pixel, chosen)
-            except ValueError as error:
-                raise _fail(error) from None
 
         def on_load(path, name, classes, current_path):
-            if not path:
-                raise gr.Error("give a run folder, a checkpoint folder or a released checkpoint file")
-            try:
-                loaded = workbench.models.get(
-                    path.strip(), (name or "").strip(), int(classes) if classes else None
-                )
-            except (ValueError, OSError, RuntimeError) as error:
-                raise _fail(error) from None
+            with shown_as_error():
+                loaded = workbench.load(path, name, classes)
             return loaded.key, loaded.report
+
+        def show_model(key):
+            with shown_as_error():
+                return workbench.model_card(key)
 
         def pick_example(evt: gr.SelectData):
             return examples[evt.index][0]
@@ -307,42 +236,45 @@ def build_app(workbench: Workbench) -> gr.Blocks:
         )
         load.click(
             on_load, [checkpoint, model_name, num_classes, image_path], [model_key, report], **ui
-        ).then(segment, [model_key, image_path, opacity, threshold], segmented, **ui)
+        ).then(show_model, model_key, model_card, **ui).then(
+            segment, [model_key, image_path, opacity, threshold], segmented, **ui
+        )
         add_api(app, workbench)
     return app
 
 
 def add_api(app: gr.Blocks, workbench: Workbench) -> None:
-    """``/label_map``, ``/attention`` and ``/detections`` for ``gradio_client`` (hidden components; the
-    model the app started with). Each refuses the other kind of model in one line."""
+    """``/label_map``, ``/attention``, ``/attention_png`` and ``/detections`` for ``gradio_client``
+    (hidden components; the model the app started with). Each refuses the other kind of model in one
+    line. ``/attention_png`` answers (a 16-bit grey PNG file, {"scale", "height", "width"}): the
+    distribution is ``png / 65535 * scale`` (``apps.handlers``)."""
+    folder = Path(tempfile.mkdtemp(prefix="workbench-attention-"))
 
     def label_map(path: str) -> dict:
-        try:
+        with shown_as_error():
             return workbench.label_map(workbench.default.key, path)
-        except (ValueError, OSError) as error:
-            raise _fail(error) from None
 
     def attention(path: str, y: float, x: float, layer: str, head: str) -> dict:
-        try:
-            weights = workbench.attention(
+        with shown_as_error():
+            return workbench.attention_json(
                 workbench.default.key, path, int(y), int(x), layer or "", head or MEAN
             )
-            distribution = attention_distribution(weights)
-        except (ValueError, OSError) as error:
-            raise _fail(error) from None
-        return {
-            "attention": distribution.tolist(),
-            "height": distribution.shape[0],
-            "width": distribution.shape[1],
-        }
+
+    def attention_png(path: str, y: float, x: float, layer: str, head: str) -> tuple[str, dict]:
+        with shown_as_error():
+            png, frame = workbench.attention_png(
+                workbench.default.key, path, int(y), int(x), layer or "", head or MEAN
+            )
+        written = folder / f"attention-{hashlib.sha256(png).hexdigest()[:20]}.png"  # same map, same file
+        if not written.is_file():
+            written.write_bytes(png)
+        return str(written), frame
 
     def detections(path: str, score_threshold: float) -> dict:
         """Label, score and box (x1, y1, x2, y2 in the image's pixels, as ``height``/``width`` say) of
         each detection scoring at least ``score_threshold``."""
-        try:
+        with shown_as_error():
             entry, found = workbench.detections(workbench.default.key, path, float(score_threshold))
-        except (ValueError, OSError) as error:
-            raise _fail(error) from None
         return {"detections": found.to_json(), **entry.frame()}
 
     with gr.Row(visible=False):
@@ -350,8 +282,13 @@ def add_api(app: gr.Blocks, workbench: Workbench) -> None:
         y, x = gr.Number(precision=0), gr.Number(precision=0)
         layer, head = gr.Textbox(), gr.Textbox()
         score_threshold = gr.Number(value=SCORE_THRESHOLD)
-        result = gr.JSON()
+        result, frame = gr.JSON(), gr.JSON()
+        map_file = gr.File()
         run_label_map, run_attention, run_detections = gr.Button(), gr.Button(), gr.Button()
+        run_attention_png = gr.Button()
     run_label_map.click(label_map, image, result, api_name="label_map")
     run_attention.click(attention, [image, y, x, layer, head], result, api_name="attention")
+    run_attention_png.click(
+        attention_png, [image, y, x, layer, head], [map_file, frame], api_name="attention_png"
+    )
     run_detections.click(detections, [image, score_threshold], result, api_name="detections")

@@ -1,6 +1,7 @@
 """The Gradio app through gradio_client on 127.0.0.1: the same labels as a Predictor, a click's map that
-sums to one, a clear message for every bad file (and the next good request still answered), and
-8 concurrent clients x 5 requests without a failure. The app runs on a tiny checkpoint made here."""
+sums to one (as floats, or as a compact 16-bit PNG), a clear message for every bad file (and the next
+good request still answered), and 8 concurrent clients x 5 requests each answered for its own image. The app runs on a tiny checkpoint
+made here."""
 
 from __future__ import annotations
 
@@ -74,6 +75,19 @@ def test_a_click_gives_a_map_of_image_size_that_sums_to_one(client, checkpoint, 
     np.testing.assert_allclose(weights, expected.numpy(), atol=1e-6)
     with pytest.raises(AppError, match=r"pixel \(500, 17\) is outside the 96x96 image"):
         client.predict(handle_file(scene), 500, 17, "", "mean", api_name="/attention")
+
+
+def test_the_compact_click_answer_is_the_same_map_as_a_16_bit_png(client, scene):
+    """``/attention_png``: the distribution as a 16-bit grey PNG scaled to its largest weight."""
+    floats = np.array(
+        client.predict(handle_file(scene), 40, 17, "", "mean", api_name="/attention")["attention"]
+    )
+    path, frame = client.predict(handle_file(scene), 40, 17, "", "mean", api_name="/attention_png")
+    levels = np.asarray(Image.open(path))
+    assert levels.dtype == np.uint16 and levels.shape == (96, 96) == (frame["height"], frame["width"])
+    np.testing.assert_allclose(levels / 65535 * frame["scale"], floats, rtol=0, atol=frame["scale"] / 65535)
+    with pytest.raises(AppError, match=r"pixel \(500, 17\) is outside the 96x96 image"):
+        client.predict(handle_file(scene), 500, 17, "", "mean", api_name="/attention_png")
 
 
 def test_a_click_runs_no_forward_pass(server, scene):
@@ -203,13 +217,20 @@ def test_unusual_images_are_converted_and_answered(client, tmp_path, name):
 # --------------------------------------------------------------------------------------- load
 
 
-def test_eight_clients_five_requests_each_without_a_failure(server, tmp_path):
-    """Distinct images (no session shared between clients), segmentations and clicks interleaved."""
+def test_eight_clients_each_get_the_predictors_answers_for_their_own_image(server, checkpoint, tmp_path):
+    """Distinct images (no session shared between clients), segmentations and clicks interleaved: every
+    answer is the Predictor's for that client's own image, so a mix-up between sessions fails."""
     url, _ = server
-    paths = []
+    predictor = Predictor.from_checkpoint(checkpoint, precision="fp32")
+    last = [name for name in predictor.sites() if not name.endswith(".grouping")][-1]
+    paths, labels, maps = [], [], []
     for index in range(8):
         paths.append(tmp_path / f"client{index}.png")
         Image.fromarray(render_scene(np.random.default_rng(100 + index), 128)[0]).save(paths[-1])
+        labels.append(predictor.set_image(paths[-1]).labels)
+        maps.append(attention_distribution(predictor.attention_at(64, 64, last)).numpy())
+    for index in range(1, 8):  # a mix-up would show
+        assert not np.array_equal(labels[0], labels[index]) and not np.allclose(maps[0], maps[index])
     failures, latencies, lock = [], [], threading.Lock()
 
     def user(index: int) -> None:
@@ -219,12 +240,12 @@ def test_eight_clients_five_requests_each_without_a_failure(server, tmp_path):
                 start = time.perf_counter()
                 if request % 2 == 0:
                     result = client.predict(handle_file(paths[index]), api_name="/label_map")
-                    assert np.array(result["labels"]).shape == (128, 128)
+                    np.testing.assert_array_equal(np.array(result["labels"]), labels[index])
                 else:
                     result = client.predict(
                         handle_file(paths[index]), 64, 64, "", "mean", api_name="/attention"
                     )
-                    assert np.array(result["attention"]).sum() == pytest.approx(1.0, abs=1e-4)
+                    np.testing.assert_allclose(np.array(result["attention"]), maps[index], atol=1e-6)
                 with lock:
                     latencies.append(time.perf_counter() - start)
         except Exception as error:  # every failure is counted and reported
