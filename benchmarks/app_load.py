@@ -3,16 +3,18 @@
     python benchmarks/app_load.py --checkpoint ~/.cache/workbench/demo-model-demo_gpvit-.../checkpoints/latest
     python benchmarks/app_load.py --clients 10 --requests 20 --size 512
 
-Serves the app in this process on a free 127.0.0.1 port, then ``--clients`` threads, each with its own
-``gradio_client.Client``, send ``--requests`` segmentations (``/label_map``) of a new ``--size`` demo
-scene each, every one followed by a click on it (``/attention``, heads averaged). Prints p50 / p95
-latency and throughput per endpoint, end to end as a client sees them (upload, queue, JSON).
+Serves the app in this process on a free 127.0.0.1 port, then runs twice: with 1 client, then with
+``--clients`` threads, each with its own ``gradio_client.Client``. Each client sends ``--requests``
+segmentations (``/label_map``) of a new ``--size`` demo scene, each followed by a click on it answered
+as floats in JSON (``/attention``) and the same click answered compactly (``/attention_png``: a 16-bit
+grey PNG). Prints p50 / p95 latency per endpoint, end to end as a client sees them (upload, queue,
+answer, download), and the answers' sizes.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
+import os
 import sys
 import threading
 import time
@@ -33,9 +35,61 @@ from apps.serve import free_port, launch  # noqa: E402
 from apps.settings import Settings  # noqa: E402
 from workbench.data.demo import render_scene  # noqa: E402
 
+ENDPOINTS = ("label_map", "attention", "attention_png")
+
 
 def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
+
+
+def load(url: str, clients: int, requests: int, size: int, folder: str) -> tuple[dict, list[str], float]:
+    """Latencies (s) per endpoint, failures and the wall time of ``clients`` clients sending
+    ``requests`` segmentations each, every one followed by the same click as JSON and as a PNG."""
+    latencies: dict[str, list[float]] = {name: [] for name in ENDPOINTS}
+    failures: list[str] = []
+    lock = threading.Lock()
+
+    def user(index: int) -> None:
+        client = Client(url, verbose=False)
+        rng = np.random.default_rng(1000 * clients + index)
+        for request in range(requests):
+            path = Path(folder) / f"{clients}-clients-{index}-{request}.png"
+            Image.fromarray(render_scene(rng, size)[0]).save(path)
+            y, x = (int(v) for v in rng.integers(0, size, 2))
+            calls = {
+                "label_map": (handle_file(path),),
+                "attention": (handle_file(path), y, x, "", "mean"),
+                "attention_png": (handle_file(path), y, x, "", "mean"),
+            }
+            for name, inputs in calls.items():
+                try:
+                    start = time.perf_counter()
+                    client.predict(*inputs, api_name=f"/{name}")
+                    took = time.perf_counter() - start
+                except Exception as error:  # counted and reported, the run goes on
+                    with lock:
+                        failures.append(f"client {index} request {request} /{name}: {error}")
+                    continue
+                with lock:
+                    latencies[name].append(took)
+
+    start = time.perf_counter()
+    threads = [threading.Thread(target=user, args=(index,)) for index in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return latencies, failures, time.perf_counter() - start
+
+
+def answer_sizes(url: str, size: int, folder: str) -> dict[str, int]:
+    """Bytes of one click's answer: the JSON of ``/attention``, the PNG file of ``/attention_png``."""
+    path = Path(folder) / "sizes.png"
+    Image.fromarray(render_scene(np.random.default_rng(0), size)[0]).save(path)
+    client = Client(url, verbose=False)
+    floats = client.predict(handle_file(path), size // 2, size // 3, "", "mean", api_name="/attention")
+    png, _ = client.predict(handle_file(path), size // 2, size // 3, "", "mean", api_name="/attention_png")
+    return {"attention": len(repr(floats["attention"])), "attention_png": os.path.getsize(png)}
 
 
 def main() -> None:
@@ -55,57 +109,34 @@ def main() -> None:
     workbench = Workbench(Settings(precision=args.precision, sessions=2 * args.clients), checkpoint)
     app = build_app(workbench)
     url = launch(app, "127.0.0.1", free_port(), args.concurrency)
-    latencies: dict[str, list[float]] = {"segment": [], "click": []}
-    failures: list[str] = []
-    lock = threading.Lock()
-    with TemporaryDirectory() as folder:
-
-        def user(index: int) -> None:
-            client = Client(url, verbose=False)
-            rng = np.random.default_rng(index)
-            for request in range(args.requests):
-                path = Path(folder) / f"client{index}-{request}.png"
-                Image.fromarray(render_scene(rng, args.size)[0]).save(path)
-                try:
-                    start = time.perf_counter()
-                    client.predict(handle_file(path), api_name="/label_map")
-                    middle = time.perf_counter()
-                    y, x = (int(v) for v in rng.integers(0, args.size, 2))
-                    client.predict(handle_file(path), y, x, "", "mean", api_name="/attention")
-                    end = time.perf_counter()
-                except Exception as error:  # counted and reported, the run goes on
-                    with lock:
-                        failures.append(f"client {index} request {request}: {error}")
-                    continue
-                with lock:
-                    latencies["segment"].append(middle - start)
-                    latencies["click"].append(end - middle)
-
-        start = time.perf_counter()
-        threads = [threading.Thread(target=user, args=(index,)) for index in range(args.clients)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        wall = time.perf_counter() - start
-    app.close()
     predictor = workbench.default.predictor
     print(
-        f"{args.clients} clients x {args.requests} requests, {args.size}x{args.size} demo scenes, "
-        f"{predictor.device} ({torch.get_num_threads()} threads), precision {predictor.precision.name}, "
-        f"queue concurrency {args.concurrency}; {checkpoint}"
+        f"{args.size}x{args.size} demo scenes, {predictor.device} ({torch.get_num_threads()} threads), "
+        f"precision {predictor.precision.name}, queue concurrency {args.concurrency}; {checkpoint}"
     )
-    for kind, values in latencies.items():
-        print(
-            f"  {kind:8s} n={len(values):4d}  p50 {percentile(values, 50) * 1e3:8.1f} ms  "
-            f"p95 {percentile(values, 95) * 1e3:8.1f} ms  mean {statistics.fmean(values) * 1e3:8.1f} ms"
-            if values
-            else f"  {kind}: no answers"
-        )
-    answered = sum(len(values) for values in latencies.values())
-    print(f"  throughput {answered / wall:.2f} requests/s over {wall:.1f} s; failures {len(failures)}")
-    for failure in failures[:5]:
-        print("  ", failure)
+    try:
+        with TemporaryDirectory() as folder:
+            sizes = answer_sizes(url, args.size, folder)
+            print(
+                f"  one click's answer: /attention {sizes['attention'] / 1e6:.2f} MB of JSON, "
+                f"/attention_png {sizes['attention_png'] / 1e3:.1f} kB of PNG"
+            )
+            for clients in sorted({1, args.clients}):
+                latencies, failures, wall = load(url, clients, args.requests, args.size, folder)
+                print(f"{clients} client(s) x {args.requests} requests:")
+                for name, values in latencies.items():
+                    print(
+                        f"  /{name:14s} n={len(values):4d}  p50 {percentile(values, 50) * 1e3:8.1f} ms  "
+                        f"p95 {percentile(values, 95) * 1e3:8.1f} ms"
+                    )
+                answered = sum(len(values) for values in latencies.values())
+                print(
+                    f"  throughput {answered / wall:.2f} requests/s over {wall:.1f} s; failures {len(failures)}"
+                )
+                for failure in failures[:5]:
+                    print("  ", failure)
+    finally:
+        app.close()
 
 
 if __name__ == "__main__":
