@@ -6,16 +6,19 @@
     python apps/app.py --checkpoint gpvit_l1.pth --model gpvit_l1_upernet --num-classes 150
     python apps/app.py --host 0.0.0.0 --port 8080           # listen beyond this machine
 
-Everything computed here is a library call (``workbench.Predictor``, ``workbench.data.image.open_image``,
-``workbench.viz``); the package is settings (``settings``), the model and session store (``store``),
-plain handler functions (``handlers``), the Blocks (``layout``) and the server (``serve``). Each checkpoint is loaded once and its model shared
-by every user. A segmentation runs the backbone once (``Predictor.set_image``) and keeps the session
-(``Sessions``: bounded, keyed by the model and the file's bytes), so a click computes only that pixel's
-attention row. A detection run (``DetectionPredictor``) shows its detections drawn and listed instead;
-the explain tabs apply to segmentors. Model calls take the model's lock one at a time; the Gradio queue
-bounds how many requests run at once. API for ``gradio_client``: ``/label_map`` (image file -> labels),
-``/attention`` (image file, y, x, layer, head -> that pixel's attention, a distribution over the
-image's pixels) and ``/detections`` (image file, score threshold -> label, score and box of each).
+Everything computed here is a library call (``workbench.Predictor``,
+``workbench.data.image.open_image``, ``workbench.viz``); the package is settings (``settings``), the
+model and session store (``store``), plain handler functions (``handlers``), the Blocks (``layout``) and
+the server (``serve``). Each checkpoint is loaded once and its model shared by every user. A
+segmentation runs the backbone once (``Predictor.set_image``) and keeps the session (``Sessions``:
+bounded, keyed by the model and the file's bytes), so a click computes only that pixel's attention row.
+A detection run (``DetectionPredictor``) shows its detections drawn and listed instead; the explain tabs
+apply to segmentors. Model calls (segmentations, attributions) take the model's lock one at a time,
+clicks none; the Gradio queue bounds how many requests run at once. API for ``gradio_client``:
+``/label_map`` (image file -> labels), ``/attention`` (image file, y, x, layer, head -> that pixel's
+attention, a distribution over the image's pixels), ``/attention_png`` (the same map as a 16-bit grey
+PNG scaled to its largest weight, and that scale; ``apps.handlers``) and ``/detections`` (image file,
+score threshold -> label, score and box of each).
 """
 
 from __future__ import annotations
