@@ -1,11 +1,14 @@
-"""Serving the app: the queue, the launch settings, the command line."""
+"""Serving the app: the queue, the launch settings, who may use it and what it may load, the command
+line."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import socket
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import gradio as gr
@@ -17,6 +20,8 @@ from workbench.cache import cache_dir
 from workbench.data.examples import EXAMPLES_DIR
 
 STARTED = time.perf_counter()  # set when the app's modules are first imported
+LOCAL = "127.0.0.1"
+AUTH_VARIABLE = "WORKBENCH_AUTH"  # "user:password": a password never goes on the command line
 
 
 def free_port() -> int:
@@ -26,8 +31,60 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def launch(app: gr.Blocks, host: str, port: int | None, concurrency: int, block: bool = True, **kwargs):
-    """Queue (``concurrency`` requests at once), then serve on ``host``: no share link, no analytics."""
+def load_folders(host: str, checkpoint: str | Path, allow_load: Sequence[str] | None) -> tuple[str, ...]:
+    """The folders the load box may load from: ``allow_load`` where given (empty: none, loading off);
+    else on 127.0.0.1 the folder holding ``checkpoint`` (a run folder's parent: its sibling runs) and
+    the workbench cache, and nowhere on any other address."""
+    if allow_load is not None:
+        return tuple(str(Path(folder).expanduser().resolve()) for folder in allow_load)
+    if host != LOCAL:
+        return ()
+    return (str(Path(checkpoint).expanduser().resolve().parent), str(cache_dir().resolve()))
+
+
+def read_auth(auth_file: str | Path | None = None) -> list[tuple[str, str]] | None:
+    """Users and passwords from ``auth_file`` (``user:password`` lines; blank and ``#`` lines skipped),
+    else from ``$WORKBENCH_AUTH`` (one ``user:password``); None where neither is given (no login)."""
+    if auth_file is not None:
+        lines = Path(auth_file).expanduser().read_text().splitlines()
+        where = str(auth_file)
+    elif os.environ.get(AUTH_VARIABLE):
+        lines, where = [os.environ[AUTH_VARIABLE]], f"${AUTH_VARIABLE}"
+    else:
+        return None
+    pairs = [
+        line.strip().split(":", 1) for line in lines if line.strip() and not line.lstrip().startswith("#")
+    ]
+    if not pairs or any(len(pair) != 2 or not all(pair) for pair in pairs):
+        raise ValueError(f"{where}: expected user:password lines")
+    return [(user, password) for user, password in pairs]
+
+
+def exposure(host: str, settings: Settings, auth: list | None) -> str | None:
+    """One line on what listening on ``host`` exposes, for any address but 127.0.0.1."""
+    if host == LOCAL:
+        return None
+    loading = (
+        f"loading models from the page ON (from {', '.join(settings.allow_load)})"
+        if settings.allow_load
+        else "loading models from the page off"
+    )
+    login = "login required" if auth else f"NO login (--auth-file or ${AUTH_VARIABLE})"
+    return f"warning: listening on {host} exposes the app to the network: {loading}, {login}"
+
+
+def launch(
+    app: gr.Blocks,
+    host: str,
+    port: int | None,
+    concurrency: int,
+    block: bool = True,
+    max_upload_mb: int = Settings.max_upload_mb,
+    auth: list[tuple[str, str]] | None = None,
+    **kwargs,
+):
+    """Queue (``concurrency`` requests at once), then serve on ``host``: no share link, no analytics,
+    uploads over ``max_upload_mb`` refused, a login where ``auth`` gives users and passwords."""
     app.queue(default_concurrency_limit=concurrency, max_size=64)
     folders = [str(EXAMPLES_DIR), str(cache_dir() / "app-examples")]
     _, url, _ = app.launch(
@@ -36,7 +93,8 @@ def launch(app: gr.Blocks, host: str, port: int | None, concurrency: int, block:
         share=False,
         prevent_thread_lock=True,
         allowed_paths=folders,
-        max_file_size="64mb",
+        max_file_size=f"{max_upload_mb}mb",
+        auth=auth,
         ssr_mode=False,
         mcp_server=False,
         quiet=True,
@@ -53,17 +111,23 @@ def serve(
     concurrency: int = 2,
     model: str = "",
     num_classes: int | None = None,
+    allow_load: Sequence[str] | None = None,
+    auth: list[tuple[str, str]] | None = None,
     **settings,
 ) -> tuple[gr.Blocks, str]:
     """The app on ``checkpoint``, served in the background at ``host``:``port`` (0: a free port):
-    the Blocks (``close()`` stops it) and its URL. ``settings``: ``Settings`` fields."""
-    workbench = Workbench(Settings(**settings), str(checkpoint), model, num_classes)
+    the Blocks (``close()`` stops it) and its URL. ``allow_load``: as ``load_folders``; ``auth``:
+    users and passwords; ``settings``: other ``Settings`` fields."""
+    settings = Settings(**settings, allow_load=load_folders(host, checkpoint, allow_load))
+    workbench = Workbench(settings, str(checkpoint), model, num_classes)
     app = build_app(workbench)
-    return app, launch(app, host, port or free_port(), concurrency)
+    return app, launch(
+        app, host, port or free_port(), concurrency, max_upload_mb=settings.max_upload_mb, auth=auth
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument(
         "--checkpoint", help="run folder, checkpoint or released file (default: the demo model)"
     )
@@ -77,20 +141,61 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pixel-budget", type=int, default=Settings.pixel_budget, help="downscale above")
     parser.add_argument("--max-pixels", type=int, default=Settings.max_pixels, help="refuse above")
     parser.add_argument("--concurrency", type=int, default=2, help="requests the queue runs at once")
+    parser.add_argument(
+        "--memory-budget-mb",
+        type=int,
+        default=Settings.memory_budget_mb,
+        help="models and sessions kept in memory (least recently used out; the default model stays)",
+    )
+    parser.add_argument(
+        "--allow-load",
+        nargs="*",
+        metavar="DIR",
+        default=None,
+        help="folders the page's model box may load from; none given: loading off (default on "
+        "127.0.0.1: the checkpoint's folder and the workbench cache; elsewhere off)",
+    )
+    parser.add_argument(
+        "--auth-file",
+        default=None,
+        help=f"user:password lines: a login for the page and API (else ${AUTH_VARIABLE}=user:password)",
+    )
+    parser.add_argument("--max-upload-mb", type=int, default=Settings.max_upload_mb, help="refuse above")
     args = parser.parse_args(argv)
     checkpoint = args.checkpoint
     if checkpoint is None:
         from workbench.demo import demo_checkpoint
 
         checkpoint = str(demo_checkpoint(args.config))
-    settings = Settings(args.pixel_budget, args.max_pixels, device=args.device, precision=args.precision)
     try:
+        auth = read_auth(args.auth_file)
+        settings = Settings(
+            args.pixel_budget,
+            args.max_pixels,
+            device=args.device,
+            precision=args.precision,
+            memory_budget_mb=args.memory_budget_mb,
+            allow_load=load_folders(args.host, checkpoint, args.allow_load),
+            max_upload_mb=args.max_upload_mb,
+        )
         workbench = Workbench(settings, checkpoint, args.model, args.num_classes)
-    except ValueError as error:
+    except (ValueError, OSError) as error:
         sys.exit(f"app: {error}")
     print(workbench.default.report)
+    folders = ", ".join(settings.allow_load) or "off (--allow-load DIR ... turns it on)"
+    print(f"the model box loads from: {folders}")
+    warning = exposure(args.host, settings, auth)
+    if warning:
+        print(warning, flush=True)
     app = build_app(workbench)
-    url = launch(app, args.host, args.port or free_port(), args.concurrency)
+    url = launch(
+        app,
+        args.host,
+        args.port or free_port(),
+        args.concurrency,
+        max_upload_mb=settings.max_upload_mb,
+        auth=auth,
+    )
     print(
         f"the app is serving at {url} (ready {time.perf_counter() - STARTED:.1f} s after start; Ctrl-C stops it)",
         flush=True,
