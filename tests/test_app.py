@@ -1,6 +1,7 @@
 """The Gradio app through gradio_client on 127.0.0.1: the same labels as a Predictor, a click's map that
 sums to one (as floats, or as a compact 16-bit PNG), a clear message for every bad file (and the next
-good request still answered), and 8 concurrent clients x 5 requests each answered for its own image. The app runs on a tiny checkpoint
+good request still answered), and 8 concurrent clients x 5 requests each answered for its own image.
+Every family's clicks, without a server: tests/test_app_handlers.py. The app runs on a tiny checkpoint
 made here."""
 
 from __future__ import annotations
@@ -14,13 +15,10 @@ import zlib
 
 import numpy as np
 import pytest
-import torch
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
-from apps.handlers import Workbench
-from apps.settings import Settings
 from workbench import Predictor
 from workbench.data.demo import render_scene
 from workbench.data.examples import example_path
@@ -104,20 +102,6 @@ def test_a_click_runs_no_forward_pass(server, scene):
     finally:
         hook.remove()
     assert calls == []
-
-
-@pytest.mark.parametrize("config", ["tiny_setr", "tiny_gpvit", "tiny_hlg"])
-def test_every_family_answers_clicks_and_setr_rolls_out(tmp_path, config, scene):
-    workbench = Workbench(Settings(precision="fp32"), str(tiny_checkpoint(tmp_path / config, config)))
-    key = workbench.default.key
-    weights = workbench.attention(key, str(scene), 30, 60, "", "0")
-    assert weights.shape == (96, 96) and torch.isfinite(weights).all()
-    if config == "tiny_setr":
-        rolled = workbench.attention(key, str(scene), 30, 60, "", "mean", rollout=True)
-        assert rolled.shape == (96, 96) and not torch.equal(rolled, weights)
-    else:
-        with pytest.raises(ValueError, match="rollout needs self-attention"):
-            workbench.attention(key, str(scene), 30, 60, "", "mean", rollout=True)
 
 
 # --------------------------------------------------------------------------------------- bad files
