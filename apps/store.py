@@ -187,9 +187,10 @@ class Models:
             return loaded
         try:
             checkpoint, model, classes = key.rsplit("|", 2)
+            num_classes = int(classes) if classes else None
         except ValueError:
             raise ValueError("unknown model: load it in the model box") from None
-        return self.get(checkpoint, model, int(classes) if classes else None)
+        return self.get(checkpoint, model, num_classes)
 
     def _load(self, path: Path, model: str, num_classes: int | None, pinned: bool = False) -> Loaded:
         key = f"{path}|{model}|{num_classes or ''}"
@@ -219,8 +220,9 @@ class Models:
                 self.memory.put(key, loaded, nbytes(*module.parameters(), *module.buffers()), pinned=pinned)
                 return loaded
         finally:
-            with self._lock:
-                self._loading.pop(key, None)
+            with self._lock:  # the first to finish forgets the lock; those waiting on it hold it still
+                if self._loading.get(key) is load_lock:
+                    del self._loading[key]
 
 
 @dataclass

@@ -63,6 +63,8 @@ def test_a_dropped_model_is_loaded_again_when_a_request_needs_it(runs):
     assert first.key in workbench.models.memory.held()
     result = workbench.label_map(first.key, str(runs / "scene.png"))  # every endpoint finds its model
     assert np.array(result["labels"]).shape == (96, 96)
+    with pytest.raises(ValueError, match="unknown model"):
+        workbench.models.find("no model|at all|x")
 
 
 def test_models_and_sessions_count_their_bytes_against_one_budget(runs):
