@@ -15,10 +15,11 @@ bounded, keyed by the model and the file's bytes), so a click computes only that
 A detection run (``DetectionPredictor``) shows its detections drawn and listed instead; the explain tabs
 apply to segmentors. Model calls (segmentations, attributions) take the model's lock one at a time,
 clicks none; the Gradio queue bounds how many requests run at once. API for ``gradio_client``:
-``/label_map`` (image file -> labels), ``/attention`` (image file, y, x, layer, head -> that pixel's
-attention, a distribution over the image's pixels), ``/attention_png`` (the same map as a 16-bit grey
-PNG scaled to its largest weight, and that scale; ``apps.handlers``) and ``/detections`` (image file,
-score threshold -> label, score and box of each).
+``/label_map`` (image file -> labels), ``/label_png`` (the same labels as an inline PNG),
+``/attention`` (image file, y, x, layer, head -> that pixel's attention, a distribution over the image's
+pixels), ``/attention_png`` (the same map as an inline 16-bit grey PNG scaled to its largest weight,
+and that scale; ``apps.handlers``) and ``/detections`` (image file, score threshold -> label, score and
+box of each).
 """
 
 from __future__ import annotations

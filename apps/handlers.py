@@ -5,10 +5,12 @@ Locks: only what runs the model takes the model's lock (a segmentation, in ``Ses
 attribution). Clicks, groups and rollout read the image's kept session (cached q/k) and take none, so
 a long attribution never holds up another user's click.
 
-The compact attention answer (``attention_png``, the API's ``/attention_png``): the distribution
-over the image's pixels (``/attention``'s floats) as a 16-bit greyscale PNG, each pixel
-``round(weight / scale * 65535)`` with ``scale`` the map's largest weight; ``weight = value / 65535 *
-scale`` reads it back to within one level (``scale / 65535``) of the float (a few kB where the JSON is megabytes).
+The compact answers, PNG bytes the API sends inline (base64 in its JSON: one round trip, no file to
+fetch): ``attention_png`` (``/attention_png``) is the distribution over the image's pixels
+(``/attention``'s floats) as a 16-bit greyscale PNG, each pixel ``round(weight / scale * 65535)`` with
+``scale`` the map's largest weight, so ``weight = value / 65535 * scale`` reads it back to within one
+level (``scale / 65535``) of the float; ``label_png`` (``/label_png``) the labels as an 8-bit PNG (16-bit
+above 256 classes). A few kB each where the JSON answers are megabytes.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from workbench.cache import cache_dir
 from workbench.data.classes import default_palette
 from workbench.data.demo import render_scene
 from workbench.data.examples import example_images
+from workbench.data.image import label_png_array
 from workbench.inference import Session
 from workbench.inference.detection_predictor import Detections
 from workbench.viz.explorers import heat_overlay, mark_pixel
@@ -42,6 +45,13 @@ DEMO_NOTICE = (
     "`python apps/app.py --checkpoint FILE --model NAME --num-classes K` (e.g. `--model "
     "gpvit_l1_upernet --num-classes 150` for ADE20K), or give it in the model box."
 )
+
+
+def _png(array: np.ndarray) -> bytes:
+    """A grey PNG of ``array`` (H, W) uint8 or uint16."""
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, "PNG")
+    return buffer.getvalue()
 
 
 @dataclass
@@ -158,18 +168,28 @@ class Workbench:
         entry = self.sessions.get(loaded, path)
         return entry.session.prediction.overlay(entry.decoded.pixels, alpha)
 
-    def label_map(self, key: str, path: str) -> dict:
+    def label_map(self, key: str, path: str, as_list: bool = True) -> dict:
+        """``/label_map``: the labels at the image's size (as nested lists, or the array), the class
+        names and the frame (``Entry.frame``)."""
         loaded = self.models.find(key)
         if loaded.detects:
             raise ValueError(
                 "the model is a detector: /detections gives its boxes; label maps come from segmentors"
             )
         entry = self.sessions.get(loaded, path)
+        labels = entry.session.prediction.labels
         return {
-            "labels": entry.session.prediction.labels.tolist(),  # at the image's size (the Predictor's)
+            "labels": labels.tolist() if as_list else labels,  # at the image's size (the Predictor's)
             "classes": list(loaded.predictor.classes.names),
             **entry.frame(),
         }
+
+    def label_png(self, key: str, path: str) -> tuple[bytes, dict]:
+        """``/label_png``: the labels as a grey PNG (8-bit up to 256 classes, else 16-bit; a few kB
+        where ``/label_map``'s JSON is a list per row), the class names and the frame."""
+        answer = self.label_map(key, path, as_list=False)
+        labels = answer.pop("labels")
+        return _png(label_png_array(labels, len(answer["classes"]))), answer
 
     def detections(self, key: str, path: str, score_threshold: float) -> tuple[Entry, Detections]:
         """The image of ``path`` and its detections scoring at least ``score_threshold`` (a detector)."""
@@ -237,10 +257,8 @@ class Workbench:
         distribution = attention_distribution(self.attention(key, path, y, x, layer, head)).numpy()
         scale = float(distribution.max())
         levels = np.round(distribution / scale * 65535).astype(np.uint16)
-        buffer = io.BytesIO()
-        Image.fromarray(levels).save(buffer, "PNG")
         frame = {"scale": scale, "height": int(levels.shape[0]), "width": int(levels.shape[1])}
-        return buffer.getvalue(), frame
+        return _png(levels), frame
 
     def click(
         self,

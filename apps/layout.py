@@ -4,11 +4,9 @@ one-line ValueError becomes the page's error."""
 
 from __future__ import annotations
 
-import hashlib
-import tempfile
+import base64
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 import gradio as gr
 
@@ -244,11 +242,11 @@ def build_app(workbench: Workbench) -> gr.Blocks:
 
 
 def add_api(app: gr.Blocks, workbench: Workbench) -> None:
-    """``/label_map``, ``/attention``, ``/attention_png`` and ``/detections`` for ``gradio_client``
-    (hidden components; the model the app started with). Each refuses the other kind of model in one
-    line. ``/attention_png`` answers (a 16-bit grey PNG file, {"scale", "height", "width"}): the
-    distribution is ``png / 65535 * scale`` (``apps.handlers``)."""
-    folder = Path(tempfile.mkdtemp(prefix="workbench-attention-"))
+    """``/label_map``, ``/label_png``, ``/attention``, ``/attention_png`` and ``/detections`` for
+    ``gradio_client`` (hidden components; the model the app started with). Each refuses the other kind
+    of model in one line. The compact answers carry their PNG inline, base64 in ``"png"``: for
+    ``/attention_png`` with {"scale", "height", "width"} (the distribution is ``png / 65535 * scale``),
+    for ``/label_png`` with the class names and the frame (``apps.handlers``)."""
 
     def label_map(path: str) -> dict:
         with shown_as_error():
@@ -260,15 +258,17 @@ def add_api(app: gr.Blocks, workbench: Workbench) -> None:
                 workbench.default.key, path, int(y), int(x), layer or "", head or MEAN
             )
 
-    def attention_png(path: str, y: float, x: float, layer: str, head: str) -> tuple[str, dict]:
+    def attention_png(path: str, y: float, x: float, layer: str, head: str) -> dict:
         with shown_as_error():
             png, frame = workbench.attention_png(
                 workbench.default.key, path, int(y), int(x), layer or "", head or MEAN
             )
-        written = folder / f"attention-{hashlib.sha256(png).hexdigest()[:20]}.png"  # same map, same file
-        if not written.is_file():
-            written.write_bytes(png)
-        return str(written), frame
+        return {"png": base64.b64encode(png).decode("ascii"), **frame}
+
+    def label_png(path: str) -> dict:
+        with shown_as_error():
+            png, answer = workbench.label_png(workbench.default.key, path)
+        return {"png": base64.b64encode(png).decode("ascii"), **answer}
 
     def detections(path: str, score_threshold: float) -> dict:
         """Label, score and box (x1, y1, x2, y2 in the image's pixels, as ``height``/``width`` say) of
@@ -282,13 +282,11 @@ def add_api(app: gr.Blocks, workbench: Workbench) -> None:
         y, x = gr.Number(precision=0), gr.Number(precision=0)
         layer, head = gr.Textbox(), gr.Textbox()
         score_threshold = gr.Number(value=SCORE_THRESHOLD)
-        result, frame = gr.JSON(), gr.JSON()
-        map_file = gr.File()
+        result = gr.JSON()
         run_label_map, run_attention, run_detections = gr.Button(), gr.Button(), gr.Button()
-        run_attention_png = gr.Button()
+        run_attention_png, run_label_png = gr.Button(), gr.Button()
     run_label_map.click(label_map, image, result, api_name="label_map")
     run_attention.click(attention, [image, y, x, layer, head], result, api_name="attention")
-    run_attention_png.click(
-        attention_png, [image, y, x, layer, head], [map_file, frame], api_name="attention_png"
-    )
+    run_attention_png.click(attention_png, [image, y, x, layer, head], result, api_name="attention_png")
+    run_label_png.click(label_png, image, result, api_name="label_png")
     run_detections.click(detections, [image, score_threshold], result, api_name="detections")

@@ -5,16 +5,16 @@
 
 Serves the app in this process on a free 127.0.0.1 port, then runs twice: with 1 client, then with
 ``--clients`` threads, each with its own ``gradio_client.Client``. Each client sends ``--requests``
-segmentations (``/label_map``) of a new ``--size`` demo scene, each followed by a click on it answered
-as floats in JSON (``/attention``) and the same click answered compactly (``/attention_png``: a 16-bit
-grey PNG). Prints p50 / p95 latency per endpoint, end to end as a client sees them (upload, queue,
-answer, download), and the answers' sizes.
+segmentations of a new ``--size`` demo scene (``/label_png``: the labels as an inline PNG), then asks
+the same image's labels as JSON lists (``/label_map``, from the kept session), then a click on it
+answered as floats in JSON (``/attention``) and compactly (``/attention_png``: an inline 16-bit grey
+PNG). Prints p50 / p95 latency per endpoint, end to end as a client sees them (upload, queue,
+answer), and the answers' sizes.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import threading
 import time
@@ -35,7 +35,7 @@ from apps.serve import free_port, launch  # noqa: E402
 from apps.settings import Settings  # noqa: E402
 from workbench.data.demo import render_scene  # noqa: E402
 
-ENDPOINTS = ("label_map", "attention", "attention_png")
+ENDPOINTS = ("label_png", "label_map", "attention", "attention_png")
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -56,7 +56,8 @@ def load(url: str, clients: int, requests: int, size: int, folder: str) -> tuple
             path = Path(folder) / f"{clients}-clients-{index}-{request}.png"
             Image.fromarray(render_scene(rng, size)[0]).save(path)
             y, x = (int(v) for v in rng.integers(0, size, 2))
-            calls = {
+            calls = {  # /label_png segments the new image; the others answer from its kept session
+                "label_png": (handle_file(path),),
                 "label_map": (handle_file(path),),
                 "attention": (handle_file(path), y, x, "", "mean"),
                 "attention_png": (handle_file(path), y, x, "", "mean"),
@@ -88,8 +89,8 @@ def answer_sizes(url: str, size: int, folder: str) -> dict[str, int]:
     Image.fromarray(render_scene(np.random.default_rng(0), size)[0]).save(path)
     client = Client(url, verbose=False)
     floats = client.predict(handle_file(path), size // 2, size // 3, "", "mean", api_name="/attention")
-    png, _ = client.predict(handle_file(path), size // 2, size // 3, "", "mean", api_name="/attention_png")
-    return {"attention": len(repr(floats["attention"])), "attention_png": os.path.getsize(png)}
+    compact = client.predict(handle_file(path), size // 2, size // 3, "", "mean", api_name="/attention_png")
+    return {"attention": len(repr(floats["attention"])), "attention_png": len(compact["png"])}
 
 
 def main() -> None:

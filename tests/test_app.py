@@ -6,6 +6,7 @@ made here."""
 
 from __future__ import annotations
 
+import base64
 import io
 import re
 import struct
@@ -76,16 +77,25 @@ def test_a_click_gives_a_map_of_image_size_that_sums_to_one(client, checkpoint, 
 
 
 def test_the_compact_click_answer_is_the_same_map_as_a_16_bit_png(client, scene):
-    """``/attention_png``: the distribution as a 16-bit grey PNG scaled to its largest weight."""
+    """``/attention_png``: the distribution as a 16-bit grey PNG scaled to its largest weight, inline."""
     floats = np.array(
         client.predict(handle_file(scene), 40, 17, "", "mean", api_name="/attention")["attention"]
     )
-    path, frame = client.predict(handle_file(scene), 40, 17, "", "mean", api_name="/attention_png")
-    levels = np.asarray(Image.open(path))
+    frame = client.predict(handle_file(scene), 40, 17, "", "mean", api_name="/attention_png")
+    levels = np.asarray(Image.open(io.BytesIO(base64.b64decode(frame["png"]))))
     assert levels.dtype == np.uint16 and levels.shape == (96, 96) == (frame["height"], frame["width"])
     np.testing.assert_allclose(levels / 65535 * frame["scale"], floats, rtol=0, atol=frame["scale"] / 65535)
     with pytest.raises(AppError, match=r"pixel \(500, 17\) is outside the 96x96 image"):
         client.predict(handle_file(scene), 500, 17, "", "mean", api_name="/attention_png")
+
+
+def test_the_compact_label_answer_is_the_label_map_as_a_png(client, scene):
+    listed = client.predict(handle_file(scene), api_name="/label_map")
+    compact = client.predict(handle_file(scene), api_name="/label_png")
+    labels = np.asarray(Image.open(io.BytesIO(base64.b64decode(compact["png"]))))
+    assert labels.dtype == np.uint8 and compact["classes"] == listed["classes"]
+    np.testing.assert_array_equal(labels, np.array(listed["labels"]))
+    assert (compact["height"], compact["width"]) == (listed["height"], listed["width"])
 
 
 def test_a_click_runs_no_forward_pass(server, scene):

@@ -204,3 +204,12 @@ def test_the_model_card_names_the_model_and_warns_about_the_demo_set(workbenches
     card = other.model_card(other.default.key)
     assert "**data set** ade20k" in card and str(tmp_path / "ade") in card
     assert DEMO_NOTICE.split(":")[0] not in card
+
+
+def test_the_compact_label_answer_decodes_to_the_labels(workbenches, scene):
+    workbench = workbenches["tiny_setr"]
+    key = workbench.default.key
+    png, answer = workbench.label_png(key, scene)
+    listed = workbench.label_map(key, scene)
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(png))), np.array(listed["labels"]))
+    assert answer["classes"] == listed["classes"] and "labels" not in answer
