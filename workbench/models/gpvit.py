@@ -47,6 +47,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from timm.layers import DropPath, Mlp, trunc_normal_
+from timm.models._features import feature_take_indices
 from torch import nn
 
 from workbench.models.explain import (
@@ -353,7 +354,8 @@ class GPViT(nn.Module):
 
     ``out_indices`` (default: the last layer) are the layers ``forward_dense`` returns as
     (B, C, H/8, W/8) maps: the last layer through the final norm, the others through their own
-    LayerNorm (as in the segmentation checkpoints).
+    LayerNorm (as in the segmentation checkpoints). ``forward_intermediates`` and ``feature_info``
+    are timm's: every layer is a feature at stride 8.
     """
 
     def __init__(
@@ -406,6 +408,9 @@ class GPViT(nn.Module):
             else StripeBlock(embed_dim, num_heads, stripe_width, mlp_ratio, rates[i])
             for i in range(depth)
         )
+        self.feature_info = [
+            dict(num_chs=embed_dim, reduction=STRIDE, module=f"blocks.{i}") for i in range(depth)
+        ]
         self.norm = LayerNorm6(embed_dim)
         self.out_norms = nn.ModuleDict(
             {str(i): LayerNorm6(embed_dim) for i in self.out_indices if i != depth - 1}
@@ -452,19 +457,60 @@ class GPViT(nn.Module):
         pos_embed = resample_pos_embed(self.pos_embed, grid, self.pretrain_grid, rule="bicubic")  # as mmcls
         return _to_tokens(x) + pos_embed, grid
 
-    def forward_intermediates(self, images: torch.Tensor, indices: Sequence[int]) -> list[torch.Tensor]:
-        """Outputs of layers ``indices`` as normalised (B, C, H/8, W/8) maps (``out_norms`` / final norm)."""
+    def forward_intermediates(
+        self,
+        images: torch.Tensor,
+        indices: int | Sequence[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """timm's ``forward_intermediates``: the outputs of layers ``indices`` (None: all; n: the last n;
+        a list: those, negative from the end), as (B, C, H/8, W/8) maps (``output_fmt="NLC"``: tokens
+        (B, N, C)), each through the final norm if ``norm``; with ``stop_early`` no layer after the
+        last one taken runs. Returns the maps, or (final normalised tokens (B, N, C), maps).
+        """
+        if output_fmt not in ("NCHW", "NLC"):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
+        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
         x, grid = self._embed(images)
-        outputs = []
-        for i, block in enumerate(self.blocks[: max(indices) + 1]):
+        intermediates = []
+        for i, block in enumerate(self.blocks[: max_index + 1] if stop_early else self.blocks):
             x = block(x, grid)
-            if i in indices:
-                norm = self.norm if i == len(self.blocks) - 1 else self.out_norms[str(i)]
-                outputs.append(_to_map(norm(x), grid))
-        return outputs
+            if i in take_indices:
+                tokens = self.norm(x) if norm else x
+                intermediates.append(_to_map(tokens, grid) if output_fmt == "NCHW" else tokens)
+        if intermediates_only:
+            return intermediates
+        return self.norm(x), intermediates
+
+    def prune_intermediate_layers(
+        self, indices: int | Sequence[int] = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> list[int]:
+        """timm's pruning: drop the layers after the last of ``indices`` (and their ``out_norms``), the
+        final norm if ``prune_norm``, the pooling neck and classifier if ``prune_head``. Returns the
+        absolute indices kept."""
+        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
+        self.blocks = self.blocks[: max_index + 1]
+        self.out_indices = tuple(i for i in self.out_indices if i <= max_index)
+        self.out_norms = nn.ModuleDict({k: v for k, v in self.out_norms.items() if int(k) <= max_index})
+        if prune_norm:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.num_classes, self.global_pool, self.neck, self.head = 0, "", None, nn.Identity()
+        return take_indices
 
     def forward_dense(self, images: torch.Tensor) -> list[torch.Tensor]:
-        return self.forward_intermediates(images, self.out_indices)
+        """Layers ``out_indices`` as (B, C, H/8, W/8) maps through their ``out_norms`` (the last layer:
+        the final norm)."""
+        tokens = self.forward_intermediates(
+            images, list(self.out_indices), stop_early=True, output_fmt="NLC", intermediates_only=True
+        )
+        grid = token_grid(images.shape[-2:])
+        out_norms = dict(self.out_norms)  # none for the last layer: it takes the final norm
+        norms = [out_norms.get(str(i), self.norm) for i in self.out_indices]
+        return [_to_map(norm(t), grid) for norm, t in zip(norms, tokens, strict=True)]
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
         """(B, in_chans, H, W) -> final normalised tokens (B, N, C)."""
@@ -594,22 +640,22 @@ _TINY = dict(embed_dim=24, depth=4, group_layers={1: 8, 3: 4})  # stripe, GP, st
 _TINY_DENSE = dict(_TINY, out_indices=(0, 1, 2, 3))
 
 
-@_gpvit(task="classification", paper=_classifier_figures("l1"), tiny=_TINY)
+@_gpvit(task="classification", paper=_classifier_figures("l1"), tiny=_TINY, feature_indices=3)
 def gpvit_l1(pretrained: bool = False, **kwargs: Any) -> GPViT:
     return _classifier("l1", pretrained, kwargs)
 
 
-@_gpvit(task="classification", paper=_classifier_figures("l2"), tiny=_TINY)
+@_gpvit(task="classification", paper=_classifier_figures("l2"), tiny=_TINY, feature_indices=3)
 def gpvit_l2(pretrained: bool = False, **kwargs: Any) -> GPViT:
     return _classifier("l2", pretrained, kwargs)
 
 
-@_gpvit(task="classification", paper=_classifier_figures("l3"), tiny=_TINY)
+@_gpvit(task="classification", paper=_classifier_figures("l3"), tiny=_TINY, feature_indices=3)
 def gpvit_l3(pretrained: bool = False, **kwargs: Any) -> GPViT:
     return _classifier("l3", pretrained, kwargs)
 
 
-@_gpvit(task="classification", paper=_classifier_figures("l4"), tiny=_TINY)
+@_gpvit(task="classification", paper=_classifier_figures("l4"), tiny=_TINY, feature_indices=3)
 def gpvit_l4(pretrained: bool = False, **kwargs: Any) -> GPViT:
     return _classifier("l4", pretrained, kwargs)
 

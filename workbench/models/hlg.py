@@ -60,6 +60,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from timm.layers import DropPath, Mlp, trunc_normal_
+from timm.models._features import feature_take_indices
 from torch import nn
 
 from workbench.models.explain import (
@@ -431,7 +432,9 @@ class HLG(nn.Module):
     """HLG Transformer backbone and classifier.
 
     ``forward_dense`` returns the four LayerNorm'ed stage outputs (B, C_i, H/4 ... H/32); the
-    normalised map of each stage is also what the next stage reads, as released.
+    normalised map of each stage is also what the next stage reads, as released. For timm's
+    ``forward_intermediates`` the last stage's norm is the final norm (as Swin's): the one ``norm``
+    applies and ``prune_intermediate_layers`` may drop.
     """
 
     def __init__(
@@ -498,6 +501,11 @@ class HLG(nn.Module):
                     )
             self.stages.append(layers)
         self.norms = nn.ModuleList(LayerNorm6(dim) for dim in dims)
+        # norms.i's output is stage i's map (the last one's with norm=True); a stage is a ModuleList
+        self.feature_info = [
+            dict(num_chs=dim, reduction=4 * 2**stage, module=f"norms.{stage}")
+            for stage, dim in enumerate(dims)
+        ]
         self.head = nn.Linear(dims[-1], num_classes) if num_classes else nn.Identity()
         self.apply(self._init_weights)
 
@@ -516,18 +524,65 @@ class HLG(nn.Module):
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
 
-    def forward_dense(self, images: torch.Tensor) -> list[torch.Tensor]:
-        """(B, in_chans, H, W) -> four normalised maps (B, C_i, ceil(H / 2^(i+2)), ...)."""
+    def forward_intermediates(
+        self,
+        images: torch.Tensor,
+        indices: int | Sequence[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """timm's ``forward_intermediates``: the maps (B, C_i, ceil(H / 2^(i+2)), ...) of stages
+        ``indices`` (None: all; n: the last n; a list: those, negative from the end). Stages 1-3 end in
+        their norm (the next stage reads it); the last stage's map goes through the final norm only if
+        ``norm``. With ``stop_early`` no stage after the last one taken runs. Returns the maps, or
+        (the final map, normalised if the last stage ran, maps).
+        """
+        if output_fmt != "NCHW":
+            raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
         check_images(images, self.in_chans)
         check_dtype(images, self.norms[0].weight)
+        final = len(self.dims) - 1  # the final norm's stage, whatever was pruned
         x = self.stem(images).permute(0, 2, 3, 1)
-        outputs = []
-        for layers, norm in zip(self.stages, self.norms, strict=True):
+        intermediates = []
+        for stage, layers in enumerate(self.stages[: max_index + 1] if stop_early else self.stages):
             for layer in layers:
                 x = layer(x)
-            x = norm(x)
-            outputs.append(x.permute(0, 3, 1, 2))
-        return outputs
+            if stage < final:
+                x = self.norms[stage](x)
+            if stage in take_indices:
+                intermediates.append(
+                    (self.norms[stage](x) if norm and stage == final else x).permute(0, 3, 1, 2)
+                )
+        if intermediates_only:
+            return intermediates
+        if stage == final:
+            x = self.norms[final](x)
+        return x.permute(0, 3, 1, 2), intermediates
+
+    def prune_intermediate_layers(
+        self, indices: int | Sequence[int] = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> list[int]:
+        """timm's pruning (as Swin's): drop the stages after the last of ``indices``, the final norm if
+        ``prune_norm`` or the last stage went, the classifier if ``prune_head`` or the last stage went
+        (it is sized for it). Returns the absolute indices kept."""
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        prune_end = max_index < len(self.dims) - 1
+        self.stages = self.stages[: max_index + 1]
+        self.norms = self.norms[: max_index + 1]
+        if prune_norm and not prune_end:
+            self.norms[max_index] = nn.Identity()
+        if prune_end:
+            self.num_features = self.dims[max_index]
+        if prune_head or prune_end:
+            self.num_classes, self.global_pool, self.head = 0, "", nn.Identity()
+        return take_indices
+
+    def forward_dense(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """(B, in_chans, H, W) -> four normalised maps (B, C_i, ceil(H / 2^(i+2)), ...)."""
+        return self.forward_intermediates(images, norm=True, intermediates_only=True)
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
         """The normalised stage-4 map (B, C_4, H/32, W/32)."""
@@ -743,22 +798,22 @@ _hlg = partial(register, family="HLG")
 _TINY = dict(dims=(32, 64, 128, 256), heads=(1, 2, 2, 4), depths=(2, 2, 2, 2))
 
 
-@_hlg(task="classification", paper=_classifier_figures("tiny"), tiny=_TINY)
+@_hlg(task="classification", paper=_classifier_figures("tiny"), tiny=_TINY, feature_indices=4)
 def hlg_tiny(pretrained: bool = False, **kwargs: Any) -> HLG:
     return _classifier("tiny", pretrained, kwargs)
 
 
-@_hlg(task="classification", paper=_classifier_figures("small"), tiny=_TINY)
+@_hlg(task="classification", paper=_classifier_figures("small"), tiny=_TINY, feature_indices=4)
 def hlg_small(pretrained: bool = False, **kwargs: Any) -> HLG:
     return _classifier("small", pretrained, kwargs)
 
 
-@_hlg(task="classification", paper=_classifier_figures("medium"), tiny=_TINY)
+@_hlg(task="classification", paper=_classifier_figures("medium"), tiny=_TINY, feature_indices=4)
 def hlg_medium(pretrained: bool = False, **kwargs: Any) -> HLG:
     return _classifier("medium", pretrained, kwargs)
 
 
-@_hlg(task="classification", paper=_classifier_figures("large"), tiny=_TINY)
+@_hlg(task="classification", paper=_classifier_figures("large"), tiny=_TINY, feature_indices=4)
 def hlg_large(pretrained: bool = False, **kwargs: Any) -> HLG:
     return _classifier("large", pretrained, kwargs)
 

@@ -5,7 +5,8 @@ registers it with timm (so ``timm.create_model(name)`` works once ``workbench`` 
 records what the workbench needs besides: the family, the task, and the paper's setting and figures
 that ``workbench models`` compares against. Every model it builds carries a timm-style
 ``pretrained_cfg`` (normalisation, input size, classes, resize interpolation) for that setting, which
-is what the Predictor reads.
+is what the Predictor reads. Classifiers also build as timm feature extractors
+(``timm.create_model(name, features_only=True, out_indices=...)``) through timm's own builder.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from timm.models import register_model
+from timm.models import build_model_with_cfg, register_model
 from torch import nn
 
 from workbench.config import IMAGENET_MEAN, IMAGENET_STD
@@ -59,16 +60,26 @@ class ModelInfo:
     entrypoint: Callable[..., nn.Module]
     pretrained_cfg: dict[str, Any]  # what every model built by ``entrypoint`` carries (a copy each)
     tiny: dict[str, Any] = field(default_factory=dict)  # a few-layer, narrow build for tests
+    feature_indices: int | tuple[int, ...] | None = None  # features_only's default out_indices
 
 
 _MODELS: dict[str, ModelInfo] = {}
 
 
-def register(*, family: str, task: str, paper: PaperFigures, tiny: dict[str, Any] | None = None) -> Callable:
+def register(
+    *,
+    family: str,
+    task: str,
+    paper: PaperFigures,
+    tiny: dict[str, Any] | None = None,
+    feature_indices: int | tuple[int, ...] | None = None,
+) -> Callable:
     """Register a variant's entry point with timm and with the workbench.
 
     ``tiny``: keyword arguments that shrink the variant (few layers, narrow) with its structure
     otherwise unchanged; the contract tests build every registered model with them.
+    ``feature_indices``: the ``out_indices`` a ``features_only=True`` build returns by default (timm's
+    convention: an int n is the last n features); None where the model has no feature extractor.
     """
 
     if family not in FAMILIES:
@@ -79,11 +90,15 @@ def register(*, family: str, task: str, paper: PaperFigures, tiny: dict[str, Any
 
         @functools.wraps(fn)
         def entrypoint(*args: Any, **kwargs: Any) -> nn.Module:
+            if kwargs.get("features_only"):
+                return feature_extractor(fn, cfg, feature_indices, *args, **kwargs)
             model = fn(*args, **kwargs)
             model.pretrained_cfg = dict(cfg)
             return model
 
-        _MODELS[fn.__name__] = ModelInfo(fn.__name__, family, task, paper, entrypoint, cfg, dict(tiny or {}))
+        _MODELS[fn.__name__] = ModelInfo(
+            fn.__name__, family, task, paper, entrypoint, cfg, dict(tiny or {}), feature_indices
+        )
         return register_model(entrypoint)
 
     return decorate
@@ -101,6 +116,28 @@ def pretrained_cfg(name: str, task: str, paper: PaperFigures) -> dict[str, Any]:
         "num_classes": paper.num_classes,
         "interpolation": "bicubic" if task == "classification" else "bilinear",
     }
+
+
+def feature_extractor(
+    build: Callable[..., nn.Module],
+    cfg: dict[str, Any],
+    feature_indices: int | tuple[int, ...] | None,
+    pretrained: bool = False,
+    **kwargs: Any,
+) -> nn.Module:
+    """timm's ``features_only=True`` for a variant: timm's builder wraps the model in its
+    ``FeatureGetterNet``, which prunes what follows the last of ``out_indices`` (and the head) and
+    returns ``forward_intermediates``' NCHW maps, as for timm's own ViT."""
+    if feature_indices is None:
+        raise ValueError(f"{cfg['architecture']!r} has no features_only build; the classifiers have one")
+    return build_model_with_cfg(
+        build,
+        cfg["architecture"],
+        pretrained=False,
+        pretrained_cfg=cfg,
+        feature_cfg=dict(feature_cls="getter", out_indices=feature_indices),
+        **drop_timm_factory_kwargs(pretrained, kwargs),
+    )
 
 
 def drop_timm_factory_kwargs(pretrained: bool, kwargs: dict[str, Any]) -> dict[str, Any]:
