@@ -4,7 +4,8 @@
     python apps/app.py --checkpoint runs/demo_gpvit         # a run folder or a converted checkpoint
     python apps/app.py --checkpoint runs/demo_detection     # a detection run: its detections drawn, listed
     python apps/app.py --checkpoint gpvit_l1.pth --model gpvit_l1_upernet --num-classes 150
-    python apps/app.py --host 0.0.0.0 --port 8080           # listen beyond this machine
+    python apps/app.py --host 0.0.0.0 --port 8080 --auth-file users.txt   # beyond this machine, with a
+                                                            # login; page loading off unless --allow-load DIR
 
 Everything computed here is a library call (``workbench.Predictor``,
 ``workbench.data.image.open_image``, ``workbench.viz``); the package is settings (``settings``), the
