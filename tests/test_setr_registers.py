@@ -203,3 +203,20 @@ def test_the_explain_probes_see_class_and_registers_as_prefix_tokens(tmp_path):
         row = attention.query_map(3, 5)
         torch.testing.assert_close(row.flatten(2), attention.probs[:, :, 5 + 3 * 6 + 5, 5:])
         torch.testing.assert_close(cached[name].query_map(3, 5, sample=1), row[1])
+
+
+def test_facebooks_deit3_file_names_layer_scale_gamma_and_loads(tmp_path):
+    """Facebook's DeiT-3 release writes ``blocks.N.gamma_1`` / ``gamma_2`` inside {"model": ...}; timm
+    renames them ``ls1.gamma`` / ``ls2.gamma``, and so does the loader."""
+    source = _source("deit3")
+    state = {
+        key.replace(".ls1.gamma", ".gamma_1").replace(".ls2.gamma", ".gamma_2"): value
+        for key, value in source.state_dict().items()
+    }
+    assert "blocks.0.gamma_1" in state
+    path = tmp_path / "deit_3_small_224_1k.pth"
+    torch.save({"model": state}, path)
+    model = _setr(**LAYOUTS["deit3"])
+    report = load_pretrained(model, path)
+    assert report.clean, report
+    assert _feature_gap(source, model) < 1e-6

@@ -17,6 +17,8 @@ embedding is read by ``workbench.interop.posgrid``.
 
 from __future__ import annotations
 
+import re
+
 import torch
 from torch import nn
 
@@ -248,6 +250,8 @@ def _from_timm(
     state: StateDict, model: nn.Module, known: KnownGrid | None, format_name: str = "timm"
 ) -> tuple[StateDict, list[str]]:
     notes: list[str] = []
+    # Facebook's DeiT-3 files name layer scale gamma_1 / gamma_2; timm's loader renames them so too.
+    state = {re.sub(r"\.gamma_([12])$", r".ls\1.gamma", key): value for key, value in state.items()}
     encoder = encoder_from_timm(state, _setr(model, format_name).backbone, notes, known)
     return {"backbone." + k: v for k, v in encoder.items()}, notes
 
