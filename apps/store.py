@@ -18,6 +18,7 @@ import torch
 
 from apps.settings import Settings
 from workbench import Predictor
+from workbench import load_predictor as workbench_predictor
 from workbench.data.image import DecodedImage, open_image
 from workbench.inference.detection_predictor import DetectionPredictor, Detections
 from workbench.interop.checkpoint import is_checkpoint
@@ -48,20 +49,19 @@ class Loaded:
 def load_predictor(
     checkpoint: str, model: str = "", num_classes: int | None = None, **kwargs
 ) -> Predictor | DetectionPredictor:
-    """A Predictor for a run folder or checkpoint (``Predictor.from_checkpoint``; a DetectionPredictor
-    for a detection run), or for a released file with the segmentor or detector ``model`` and its class
-    count (``Predictor.from_pretrained``)."""
+    """``workbench.load_predictor`` for a run folder or checkpoint (a DetectionPredictor for a detection
+    run), or for a released file with the segmentor or detector ``model`` and its class count."""
     path = Path(checkpoint).expanduser()
     if not path.exists():
         raise ValueError(f"{checkpoint}: no such file or folder; expected a run folder or a checkpoint file")
     if is_checkpoint(path):
-        return Predictor.from_checkpoint(path, **kwargs)
+        return workbench_predictor(path, **kwargs)
     if not model or not num_classes:
         raise ValueError(
             f"{checkpoint} is not a workbench checkpoint: give the segmentor or detector it belongs to and "
             "its class count (e.g. gpvit_l1_upernet, 150) to load it as a released checkpoint"
         )
-    return Predictor.from_pretrained(path, model, int(num_classes), **kwargs)
+    return workbench_predictor(path, model=model, num_classes=int(num_classes), **kwargs)
 
 
 def loadable(checkpoint: str, folders: Iterable[str]) -> Path:
