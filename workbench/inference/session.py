@@ -137,9 +137,9 @@ class Session:
         assignment = gp_groups.group_assignment(grouping)[0]  # (rows, cols)
         return self._painted(assignment.float(), grouping).round().long()
 
-    def region_on_input(self, region: np.ndarray) -> torch.Tensor:
-        """A bool mask (H, W) on the image -> the model input's (h, w) mask (padding excluded): each
-        input pixel takes the image pixel at its centre, the rule clicks follow."""
+    def region_on_input(self, region: np.ndarray, padded: tuple[int, int]) -> torch.Tensor:
+        """A bool mask (H, W) on the image -> the mask on the model input padded to ``padded`` (h, w),
+        the padding False: each input pixel takes the image pixel at its centre, the rule clicks follow."""
         mask = torch.as_tensor(np.asarray(region, dtype=bool))
         if tuple(mask.shape) != self.size:
             raise ValueError(
@@ -147,7 +147,10 @@ class Session:
             )
         if not mask.any():
             raise ValueError("the region is empty: it must hold at least one pixel")
-        return resize_nearest(mask, self.view.size)
+        (view_h, view_w), (height, width) = self.view.size, padded
+        return torch.nn.functional.pad(
+            resize_nearest(mask, self.view.size), (0, width - view_w, 0, height - view_h)
+        )
 
     def attribute(
         self, target_class: int, region: np.ndarray, method: str = "occlusion", **options
@@ -160,10 +163,7 @@ class Session:
         from workbench.viz.attribution import attribute
 
         predictor = self.predictor
-        on_view = self.region_on_input(region)
         inputs = pad_for(predictor.model, predictor.preprocess(self.image)[1])
-        height, width = inputs.shape[-2:]
-        padding = (0, width - self.view.size[1], 0, height - self.view.size[0])
-        on_input = torch.nn.functional.pad(on_view, padding).to(predictor.device)
+        on_input = self.region_on_input(region, inputs.shape[-2:]).to(predictor.device)
         result = attribute(predictor.model, inputs, int(target_class), on_input, method, **options)
         return self.view.to_image(result.map.cpu(), self.size, mode="bilinear")[0]

@@ -36,7 +36,6 @@ from ipyevents import Event
 from matplotlib.figure import Figure
 from PIL import Image
 
-from workbench.models.explain import resize_nearest
 from workbench.models.layers import pad_for
 from workbench.viz.attribution import METHODS, Attribution, attribute
 from workbench.viz.figures import group_assignment_figure, heatmap_figure
@@ -474,11 +473,7 @@ class AttributionExplorer(_Explorer):
                 raise ValueError(
                     f"no pixel is predicted as {name!r}: pick another class or a pixel/box region"
                 )
-            # The canonical view is the image resized to the input: by pixel centre, as clicks are.
-            resized = resize_nearest(mask, view.size)
-            height, width = self.inputs.shape[-2:]
-            padding = (0, width - view.size[1], 0, height - view.size[0])
-            return torch.nn.functional.pad(resized, padding)
+            return self.session.region_on_input(mask.numpy(), self.inputs.shape[-2:])
         self.region_mask()  # refuses a missing region
         if len(self.region) == 2:
             return view.from_image(*self.region, self.size)
