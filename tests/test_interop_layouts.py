@@ -13,34 +13,19 @@ import torch
 from timm.models import save_for_hf
 from timm.models.vision_transformer import VisionTransformer
 
-import workbench
 from workbench.cli import main
 from workbench.interop import load_pretrained
 from workbench.interop.release_file import save_release_file
 from workbench.models.layers import resample_pos_embed
 
 from .test_interop import _jax_arrays
-from .tiny import tiny_gpvit
+from .tiny import tiny_gpvit, tiny_setr_encoder
 
 ONE_LINE = r"[^\n]*$"
 
 
 def _setr(decoder: str, img_size) -> torch.nn.Module:
-    layers = (
-        dict(decode_layers=(0, 1, 2, 3)) if decoder == "mla" else dict(decode_layers=(3,), aux_layers=(1,))
-    )
-    return workbench.create_segmentor(
-        f"setr_{decoder}_vit_base",
-        num_classes=5,
-        embed_dim=32,
-        depth=4,
-        num_heads=2,
-        img_size=img_size,
-        head_channels=16,
-        mla_channels=16,
-        mla_head_channels=8,
-        **layers,
-    ).eval()
+    return tiny_setr_encoder(decoder, 4, img_size=img_size)
 
 
 def _randomised(model: torch.nn.Module) -> torch.nn.Module:

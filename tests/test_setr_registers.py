@@ -12,10 +12,11 @@ import torch
 from timm.layers import Attention
 from timm.models.vision_transformer import VisionTransformer
 
-import workbench
 from workbench.interop import load_pretrained
 from workbench.models.explain import EXPLICIT_ATOL, EXPLICIT_RTOL
 from workbench.viz import capture, record
+
+from .tiny import tiny_setr_encoder
 
 ONE_LINE = r"[^\n]*$"
 
@@ -46,21 +47,7 @@ def _source(layout: str) -> VisionTransformer:
 
 
 def _setr(decoder: str = "naive", **keywords) -> torch.nn.Module:
-    layers = (
-        dict(decode_layers=(0, 0, 1, 1)) if decoder == "mla" else dict(decode_layers=(1,), aux_layers=(0,))
-    )
-    return workbench.create_segmentor(
-        f"setr_{decoder}_vit_base",
-        num_classes=5,
-        embed_dim=32,
-        depth=2,
-        num_heads=2,
-        head_channels=16,
-        mla_channels=16,
-        mla_head_channels=8,
-        **layers,
-        **keywords,
-    ).eval()
+    return tiny_setr_encoder(decoder, 2, **keywords)
 
 
 def _saved(source: VisionTransformer, tmp_path, name: str):

@@ -21,6 +21,31 @@ def tiny_setr(name: str, num_classes: int = 5, **overrides):
     return tiny(name, num_classes, **overrides)
 
 
+def tiny_setr_encoder(decoder: str, depth: int, **keywords):
+    """A 32-wide ``setr_{decoder}_vit_base`` of ``depth`` layers in eval mode, 5 classes, built through
+    ``create_segmentor`` with ``keywords`` (the encoder's layout: img_size, patch_size, reg_tokens ...):
+    the stand-in released ViT checkpoints load into. MLA taps four layers spread over the depth; Naive
+    and PUP decode the last layer, with one auxiliary head halfway."""
+    from workbench import create_segmentor
+
+    if decoder == "mla":
+        layers = dict(decode_layers=tuple(i * depth // 4 for i in range(4)))
+    else:
+        layers = dict(decode_layers=(depth - 1,), aux_layers=(max(0, depth // 2 - 1),))
+    return create_segmentor(
+        f"setr_{decoder}_vit_base",
+        num_classes=5,
+        embed_dim=32,
+        depth=depth,
+        num_heads=2,
+        head_channels=16,
+        mla_channels=16,
+        mla_head_channels=8,
+        **layers,
+        **keywords,
+    ).eval()
+
+
 def tiny_gpvit(num_classes: int = 5, **overrides):
     """A 4-layer, 24-wide GPViT classifier: stripe, GP (8 groups), stripe, GP (4 groups)."""
     return tiny("gpvit_l1", num_classes, **overrides)
