@@ -2,7 +2,7 @@
 
 from workbench import viz
 from workbench.engine import train
-from workbench.inference import DetectionPredictor, Predictor, load_predictor
+from workbench.inference import DetectionPredictor, Predictor, ViTPredictor, load_predictor
 from workbench.interop import load_pretrained
 from workbench.models import Segmentor, create_segmentor, list_models
 from workbench.models.detection import create_detector, list_detectors
@@ -11,6 +11,7 @@ __version__ = "0.1.0"
 __all__ = [
     "DetectionPredictor",
     "Predictor",
+    "ViTPredictor",
     "Segmentor",
     "__version__",
     "create_detector",

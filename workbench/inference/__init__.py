@@ -3,6 +3,7 @@
 predictor = workbench.load_predictor(run_folder_or_release)  # workbench.inference.build
 prediction = predictor(photo)
 session = predictor.open(photo)                               # segmentors: explain queries
+ViTPredictor(timm_vit).open(photo).class_attention()          # any timm ViT: DINO's maps
 """
 
 from workbench.inference.build import load_predictor, load_run
@@ -11,6 +12,7 @@ from workbench.inference.predictor import Prediction, Predictor
 from workbench.inference.protocol import ImagePredictor
 from workbench.inference.recipes import recipe_for
 from workbench.inference.session import Session
+from workbench.inference.vit_predictor import ViTDescription, ViTPredictor, ViTSession
 
 __all__ = [
     "DetectionPredictor",
@@ -19,6 +21,9 @@ __all__ = [
     "Prediction",
     "Predictor",
     "Session",
+    "ViTDescription",
+    "ViTPredictor",
+    "ViTSession",
     "load_predictor",
     "load_run",
     "recipe_for",

@@ -34,13 +34,14 @@ from workbench.data.transforms import EvalTransform
 from workbench.engine.evaluate import forward_padded, predict_probs
 from workbench.inference.labels import argmax_resized
 from workbench.inference.placement import as_given, is_channels_last
+from workbench.inference.queries import SessionQueries
 from workbench.inference.session import Session
 from workbench.models.detection.detectors import DetectorMixin
 from workbench.models.explain import View
 from workbench.models.segmentor import Segmentor
 from workbench.precision import autocast, model_device_dtype, resolve_precision
 from workbench.viz.overlay import colorize, overlay
-from workbench.viz.record import capture, select_sites
+from workbench.viz.record import capture
 
 if TYPE_CHECKING:
     from workbench.inference.detection_predictor import DetectionPredictor
@@ -101,7 +102,7 @@ def check_segmentor(model: nn.Module) -> None:
         raise ValueError(f"expected a segmentor with num_classes, got {name}")
 
 
-class Predictor:
+class Predictor(SessionQueries):
     """Single-image segmentation and explain sessions for notebooks, the CLI and the app.
 
     Args:
@@ -210,47 +211,6 @@ class Predictor:
         if not probs:
             prediction.probs = None
         return Session(array, view, cached, prediction, self)
-
-    def set_image(self, image: ImageSource) -> Prediction:
-        """``open`` the image and keep its session as the current one (``self.session``), which the
-        query methods below read; returns the prediction."""
-        self._current = self.open(image)
-        return self._current.prediction
-
-    @property
-    def session(self) -> Session:
-        """The current session (the last ``set_image``'s, or one set back)."""
-        if self._current is None:
-            raise ValueError("no image is set: call predictor.set_image(image) first")
-        return self._current
-
-    @session.setter
-    def session(self, session: Session) -> None:
-        if not isinstance(session, Session) or session.predictor is not self:
-            raise ValueError("expected a session opened by this predictor (predictor.open or set_image)")
-        self._current = session
-
-    def sites(self) -> list[str]:
-        """Names of the attention sites a query can name (``model.attention_sites()``)."""
-        return list(select_sites(self.model, None))
-
-    # The current session's queries (``Session`` documents them).
-    def attention_at(self, y: int, x: int, layer: int | str, head: int | None = None) -> torch.Tensor:
-        return self.session.attention_at(y, x, layer, head)
-
-    def group_maps(self, layer: int | str) -> torch.Tensor:
-        return self.session.group_maps(layer)
-
-    def rollout_at(self, y: int, x: int, class_token: bool = True) -> torch.Tensor:
-        return self.session.rollout_at(y, x, class_token)
-
-    def effective_attention_at(
-        self, y: int, x: int, block: int | str, head: int | None = None
-    ) -> torch.Tensor:
-        return self.session.effective_attention_at(y, x, block, head)
-
-    def group_assignment(self, block: int | str) -> torch.Tensor:
-        return self.session.group_assignment(block)
 
     def attribute(
         self, target_class: int, region: np.ndarray, method: str = "occlusion", **options: Any

@@ -485,6 +485,20 @@ class CachedAttention:
         probs = attention_probs(query, self.k[index], mask)[:, 0]
         return self.layout.place(probs, window)
 
+    def prefix_map(self, index: int = 0, sample: int = 0) -> torch.Tensor:
+        """Where prefix token ``index`` (0: the class token, then registers) looks: (heads, rows, cols)
+        on the token grid, its weights on the prefix tokens left out (the DINO figure's maps)."""
+        prefix = getattr(self.layout, "num_prefix_tokens", 0)
+        if self.layout.kind != "self" or not 0 <= index < prefix:
+            raise ValueError(
+                f"prefix token {index} does not exist here: {self.layout.kind} attention with {prefix} "
+                "prefix tokens (a class token needs a ViT built with one)"
+            )
+        query = self.q[sample, :, index : index + 1]
+        mask = None if self.mask is None else self.mask[sample if self.mask.shape[0] > 1 else 0]
+        mask = mask[:, index : index + 1] if mask is not None and mask.shape[-2] > 1 else mask
+        return self.layout.place(attention_probs(query, self.k[sample], mask)[:, 0], 0)
+
 
 def record_probe(
     site: AttentionSite,
