@@ -7,6 +7,7 @@ ViTPredictor(timm_vit).open(photo).class_attention()          # any timm ViT: DI
 """
 
 from workbench.inference.build import load_predictor, load_run
+from workbench.inference.build_vit import create_vit, load_vit_predictor
 from workbench.inference.detection_predictor import DetectionPredictor, Detections
 from workbench.inference.predictor import Prediction, Predictor
 from workbench.inference.protocol import ImagePredictor
@@ -24,7 +25,9 @@ __all__ = [
     "ViTDescription",
     "ViTPredictor",
     "ViTSession",
+    "create_vit",
     "load_predictor",
     "load_run",
+    "load_vit_predictor",
     "recipe_for",
 ]
