@@ -96,7 +96,8 @@ def check_segmentor(model: nn.Module) -> None:
     if not isinstance(model, Segmentor) and hasattr(model, "forward_head"):  # a timm classifier
         raise ValueError(
             f"{name} is a classifier (one score per class, not per pixel): the Predictor takes a "
-            "segmentor, e.g. workbench.create_segmentor('setr_pup_vit_base', num_classes=...)"
+            "segmentor, e.g. workbench.create_segmentor('setr_pup_vit_base', num_classes=...); "
+            "workbench.ViTPredictor explains a timm ViT (class-token maps, clicks, PCA)"
         )
     if not isinstance(getattr(model, "num_classes", None), int):
         raise ValueError(f"expected a segmentor with num_classes, got {name}")
