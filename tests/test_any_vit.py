@@ -192,3 +192,37 @@ def test_pca_is_the_principal_components():
     colours, foreground = pca_rgb(features, foreground=0.5)
     assert foreground[:3].all() != foreground[3:].any()  # one cluster kept, the other dropped
     assert (colours[~foreground] == 0).all() and colours.max() == 1
+
+
+def test_a_vit_on_another_device_answers_on_the_callers_side():
+    """The predictor reads the model's device and moves nothing; every answer comes back to the CPU."""
+    from .elsewhere import ELSEWHERE, Elsewhere, is_elsewhere
+
+    vit = tiny_vit("vit_small_patch14_reg4_dinov2", num_classes=4)
+    photo = np.random.default_rng(0).integers(0, 256, (90, 120, 3), dtype=np.uint8)
+    with Elsewhere() as elsewhere:
+        vit.to(ELSEWHERE)
+        predictor = ViTPredictor(vit, size=56)
+        session = predictor.open(photo)
+        answers = [
+            session.class_attention(),
+            session.attention_at(40, 60, "blocks.1"),
+            session.rollout_at(40, 60),
+            session.relevance(),
+            *session.attention_distances().values(),
+        ]
+        pca = session.pca_rgb(foreground=0.2)
+    assert not elsewhere.mixes
+    assert pca.shape == (90, 120, 3)
+    for answer in answers:
+        assert not is_elsewhere(answer) and answer.device.type == "cpu" and torch.isfinite(answer).all()
+
+
+def test_the_attention_explorer_takes_a_vit():
+    from workbench.viz.explorers import AttentionExplorer
+
+    predictor = ViTPredictor(tiny_vit("vit_small_patch16_224.dino"), size=64)
+    image = np.random.default_rng(1).integers(0, 256, (80, 120, 3), dtype=np.uint8)
+    explorer = AttentionExplorer(predictor, image)
+    assert list(explorer.sites) == ["blocks.0", "blocks.1"] and not explorer.rollout.disabled
+    assert_close(explorer.click(30, 70), predictor.session.attention_at(30, 70, "blocks.0"))

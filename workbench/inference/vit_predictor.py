@@ -182,9 +182,11 @@ class ViTSession(Session):
         return self._painted(relevance.reshape(site.layout.grid).detach(), site)
 
     def attention_distances(self) -> dict[str, torch.Tensor]:
-        """Mean attention distance (heads,) of every block on this image, in model-input pixels."""
+        """Mean attention distance (heads,) of every block on this image, in model-input pixels, on
+        the CPU."""
         _, tensor = self.predictor.preprocess(self.image)
-        return attention_distances(self.predictor.model, tensor)
+        distances = attention_distances(self.predictor.model, tensor)
+        return {name: distance.float().cpu() for name, distance in distances.items()}
 
     def attribute(self, *args, **kwargs) -> torch.Tensor:
         raise ValueError("region attribution is for segmentors; a ViT's is relevance(target_class)")
