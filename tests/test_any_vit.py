@@ -124,24 +124,34 @@ def test_refusals_name_what_is_expected():
         ExplainedViT(vit)
 
 
-@pytest.mark.parametrize("example", ["vit_small_patch16_224.dino", "vit_small_patch14_reg4_dinov2"])
-def test_predictor_answers_on_a_photo_sized_image(example):
-    vit = tiny_vit(example)
+@pytest.mark.parametrize("family", SUPPORTED, ids=lambda family: family.example)
+def test_every_family_answers_in_the_predictor_and_the_explorer(family):
+    """A 375x500 photo through the ViT predictor and the attention explorer, for every family."""
+    from workbench.viz.explorers import AttentionExplorer
+
+    vit = tiny_vit(family.example)
     predictor = ViTPredictor(vit, size=4 * vit.patch_embed.patch_size[0])
     image = (np.random.default_rng(0).random((375, 500, 3)) * 255).astype(np.uint8)
     session = predictor.open(image)
-    assert session.view.size[0] < session.view.size[1]  # the photo's aspect kept
-    assert session.class_attention().shape == (2, 375, 500)
+    if predictor.model.dynamic_img_size:
+        assert session.view.size[0] < session.view.size[1]  # the photo's aspect kept
+    assert predictor.model.vit is vit  # used as given
     assert session.attention_at(100, 400, "blocks.1").shape == (375, 500)
-    assert_close(session.attention_at(100, 400, -1).sum() > 0, torch.tensor(True))
     assert session.rollout_at(10, 10).shape == (375, 500)
     assert session.pca_rgb().shape == (375, 500, 3) and session.pca_rgb().dtype == np.uint8
     assert set(session.attention_distances()) == {"blocks.0", "blocks.1"}
-    assert predictor.model.vit is vit  # used as given
-    # Class-token maps painted with the click rule: the pixel's token value.
-    grid_maps = session.cached["blocks.1"].prefix_map(0)
-    token = session._token(session.cached["blocks.1"], 374, 499)
-    assert_close(session.class_attention()[:, 374, 499], grid_maps[:, token[0], token[1]])
+    if predictor.model.num_prefix_tokens:
+        # Class-token maps painted with the click rule: each pixel shows its token's value.
+        assert session.class_attention().shape == (2, 375, 500)
+        grid_maps = session.cached["blocks.1"].prefix_map(0)
+        token = session._token(session.cached["blocks.1"], 374, 499)
+        assert_close(session.class_attention()[:, 374, 499], grid_maps[:, token[0], token[1]])
+    else:
+        with pytest.raises(ValueError, match="prefix token 0 does not exist"):
+            session.class_attention()
+    explorer = AttentionExplorer(predictor, image)
+    assert list(explorer.sites) == ["blocks.0", "blocks.1"] and not explorer.rollout.disabled
+    assert_close(explorer.click(30, 70), predictor.session.attention_at(30, 70, "blocks.0"))
 
 
 def test_relevance_needs_a_classifier_and_class_token():
@@ -216,13 +226,3 @@ def test_a_vit_on_another_device_answers_on_the_callers_side():
     assert pca.shape == (90, 120, 3)
     for answer in answers:
         assert not is_elsewhere(answer) and answer.device.type == "cpu" and torch.isfinite(answer).all()
-
-
-def test_the_attention_explorer_takes_a_vit():
-    from workbench.viz.explorers import AttentionExplorer
-
-    predictor = ViTPredictor(tiny_vit("vit_small_patch16_224.dino"), size=64)
-    image = np.random.default_rng(1).integers(0, 256, (80, 120, 3), dtype=np.uint8)
-    explorer = AttentionExplorer(predictor, image)
-    assert list(explorer.sites) == ["blocks.0", "blocks.1"] and not explorer.rollout.disabled
-    assert_close(explorer.click(30, 70), predictor.session.attention_at(30, 70, "blocks.0"))
