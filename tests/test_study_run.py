@@ -1,0 +1,65 @@
+"""``run_study``: a study over checkpoint folders into a run-style folder, resumable, never mixed."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+
+from workbench.build import build_model
+from workbench.config import load_config
+from workbench.interop.checkpoint import save_weights
+from workbench.studies.run import STUDIES, run_study
+
+
+def _checkpoint(root: Path, config: str) -> Path:
+    cfg = load_config(config)
+    folder = root / config
+    folder.mkdir()
+    save_weights(folder, build_model(cfg), cfg)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory) -> list[Path]:
+    root = tmp_path_factory.mktemp("models")
+    return [_checkpoint(root, "tiny_setr"), _checkpoint(root, "tiny_gpvit")]
+
+
+def _rows(path: Path) -> list[dict]:
+    with path.open() as file:
+        return list(csv.DictReader(file))
+
+
+def test_a_study_writes_its_table_figure_and_settings_and_resumes(checkpoints, tmp_path):
+    out = tmp_path / "lens"
+    logged: list[str] = []
+    tables = run_study("lens", checkpoints, out, count=2, batch_size=2, progress=False, log=logged.append)
+    assert set(tables) == {"tiny_setr", "tiny_gpvit"}
+    for name, table in tables.items():
+        rows = _rows(out / name / "table.csv")
+        assert len(rows) == len(table) and rows[-1]["layer"] == table[-1].layer
+        assert (out / name / "figure.png").stat().st_size > 0
+    assert "lens" in (out / "study.yaml").read_text()
+    logged.clear()
+    again = run_study("lens", checkpoints, out, count=2, batch_size=2, progress=False, log=logged.append)
+    assert again == {} and sum("not measured again" in line for line in logged) == 2
+    with pytest.raises(ValueError, match=r"holds a study with other settings \(count\)"):
+        run_study("lens", checkpoints, out, count=3, batch_size=2, progress=False, log=logged.append)
+
+
+def test_cka_across_models_adds_each_pair(checkpoints, tmp_path):
+    tables = run_study("cka", checkpoints, tmp_path / "cka", count=8, batch_size=4, progress=False, log=print)
+    assert set(tables) == {"tiny_setr", "tiny_gpvit", "cka_tiny_setr_vs_tiny_gpvit"}
+    cross = tables["cka_tiny_setr_vs_tiny_gpvit"]
+    assert {row.layer_x for row in cross} <= {f"blocks.{i}" for i in range(24)}
+    assert all(0.0 <= row.cka <= 1.0 + 1e-6 for row in cross)
+
+
+def test_unknown_study_and_no_model_are_refused(checkpoints, tmp_path):
+    with pytest.raises(ValueError, match="unknown study 'nope'; studies: cka, probes"):
+        run_study("nope", checkpoints, tmp_path)
+    with pytest.raises(ValueError, match="at least one model"):
+        run_study("lens", [], tmp_path)
+    assert set(STUDIES) == {"cka", "probes", "ablation", "lens", "statistics"}
