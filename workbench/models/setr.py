@@ -68,7 +68,7 @@ from __future__ import annotations
 
 import contextvars
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
 
@@ -338,7 +338,9 @@ class SETR(Segmentor):
     ``patch_size``, ``class_token`` (default: Naive and PUP carry one, MLA none), ``reg_tokens``,
     ``no_embed_class`` and ``init_values`` build the encoder as timm's VisionTransformer takes them, for
     other releases than the paper's, e.g. DINOv2 with registers: ``patch_size=14, reg_tokens=4,
-    no_embed_class=True, init_values=1e-5``.
+    no_embed_class=True, init_values=1e-5``. ``build_encoder`` replaces that ViT with another: called
+    with the sorted taps, it returns an encoder with ``SETREncoder``'s contract (any timm ViT:
+    ``workbench.models.setr_timm``); ``embed_dim`` and ``patch_size`` are then the encoder's.
     """
 
     def __init__(
@@ -367,6 +369,7 @@ class SETR(Segmentor):
         mla_channels: int = 256,
         mla_head_channels: int = 128,
         aux_weight: float = 0.4,
+        build_encoder: Callable[[tuple[int, ...]], nn.Module] | None = None,
     ) -> None:
         if decoder not in DECODERS:
             raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
@@ -390,21 +393,25 @@ class SETR(Segmentor):
         if not aux_heads:
             aux_layers = ()
         taps = sorted(set(decode_layers) | set(aux_layers))
-        encoder = SETREncoder(
-            out_indices=taps,
-            img_size=img_size,
-            patch_size=patch_size,
-            in_chans=in_chans,
-            embed_dim=embed_dim,
-            depth=depth,
-            num_heads=num_heads,
-            mlp_ratio=mlp_ratio,
-            class_token=decoder != "mla" if class_token is None else class_token,
-            reg_tokens=reg_tokens,
-            no_embed_class=no_embed_class,
-            init_values=init_values,
-            drop_path_rate=drop_path_rate,
-        )
+        if build_encoder is not None:
+            encoder = build_encoder(tuple(taps))
+            embed_dim, patch_size = encoder.embed_dim, encoder.patch_embed.patch_size[0]
+        else:
+            encoder = SETREncoder(
+                out_indices=taps,
+                img_size=img_size,
+                patch_size=patch_size,
+                in_chans=in_chans,
+                embed_dim=embed_dim,
+                depth=depth,
+                num_heads=num_heads,
+                mlp_ratio=mlp_ratio,
+                class_token=decoder != "mla" if class_token is None else class_token,
+                reg_tokens=reg_tokens,
+                no_embed_class=no_embed_class,
+                init_values=init_values,
+                drop_path_rate=drop_path_rate,
+            )
         neck = None
         if decoder == "mla":
             neck = MLANeck(embed_dim, mla_channels, len(decode_layers), deep_first=flavour == "mmseg")
