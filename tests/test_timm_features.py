@@ -1,4 +1,5 @@
-"""timm's feature-extraction contract for every registered classifier, on its tiny settings.
+"""timm's feature-extraction contract for every registered classifier, on its tiny settings, and the
+segmentors' (their encoder's features).
 
 ``timm.create_model(name, features_only=True, out_indices=...)`` returns the maps ``feature_info``
 describes; ``forward_intermediates`` keeps timm's semantics (indices as None / last n / list, ``norm``,
@@ -141,6 +142,22 @@ def test_pruning_the_norm_leaves_the_last_map_raw(name, images):
         assert_close(model.forward_intermediates(images, indices=1, norm=True, intermediates_only=True), raw)
 
 
-def test_segmentors_refuse_features_only():
-    with pytest.raises(ValueError, match="no features_only"):
-        timm.create_model("setr_hlg_small", features_only=True, **model_info("setr_hlg_small").tiny)
+@pytest.mark.parametrize(
+    ("name", "reductions"),
+    [
+        ("setr_mla_vit_base", [16, 16, 16]),
+        ("gpvit_l1_upernet", [8, 8, 8]),
+        ("setr_hlg_small", [4, 8, 16, 32]),
+    ],
+)
+def test_segmentors_extract_their_encoders_features(name, reductions, images):
+    """A segmentor's features are its encoder's: SETR's blocks, GPViT's layers, HLG's stages."""
+    features = timm.create_model(name, features_only=True, **model_info(name).tiny).eval()
+    segmentor = tiny(name).eval()
+    assert features.feature_info.reduction() == reductions
+    assert features.feature_info.module_name()[0].startswith("backbone.")
+    assert not features.model.load_state_dict(segmentor.state_dict(), strict=False).missing_keys
+    indices = list(features.feature_info.out_indices)
+    with torch.no_grad():
+        reference = segmentor.backbone.forward_intermediates(images, indices=indices, intermediates_only=True)
+        assert_close(features(images), reference, rtol=0, atol=0)

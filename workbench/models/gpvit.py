@@ -69,12 +69,12 @@ from workbench.models.layers import (
 )
 from workbench.models.registry import (
     PaperFigures,
-    drop_timm_factory_kwargs,
     pop_keys,
     register,
     variant_kwargs,
 )
 from workbench.models.segmentor import Segmentor
+from workbench.models.timm_contract import TimmClassifier
 
 STRIDE = 8
 GP_LAYERS = {1: 64, 4: 32, 7: 32, 10: 16}  # layer index -> number of group tokens
@@ -349,7 +349,7 @@ class GroupNeck(nn.Module):
         return self.pool(self.query_token.expand(tokens.shape[0], -1, -1), tokens).squeeze(1)
 
 
-class GPViT(nn.Module):
+class GPViT(TimmClassifier, nn.Module):
     """GPViT backbone and classifier (timm-style ``forward_features`` / ``forward_head``).
 
     ``out_indices`` (default: the last layer) are the layers ``forward_dense`` returns as
@@ -501,6 +501,15 @@ class GPViT(nn.Module):
             self.num_classes, self.global_pool, self.neck, self.head = 0, "", None, nn.Identity()
         return take_indices
 
+    def set_global_pool(self, global_pool: str) -> None:
+        """``"avg"``, ``""`` (dropping the pooling neck) or ``"group"`` (the neck the model was built with)."""
+        if global_pool == "group" and self.neck is None:
+            raise ValueError("global_pool='group' needs the model's group pooling neck: build it with it")
+        if global_pool != "group":
+            super().set_global_pool(global_pool)
+            self.neck = None
+        self.global_pool = global_pool
+
     def forward_dense(self, images: torch.Tensor) -> list[torch.Tensor]:
         """Layers ``out_indices`` as (B, C, H/8, W/8) maps through their ``out_norms`` (the last layer:
         the final norm)."""
@@ -601,14 +610,15 @@ _PAPER = {  # params of the full classifier, GFLOPs @224, UperNet / SegFormer-he
 _SEGMENTOR_KEYS = ("num_classes", "aux_weight", "aux_heads", "dropout")
 
 
-def _classifier(variant: str, pretrained: bool, kwargs: dict[str, Any]) -> GPViT:
-    return GPViT(**variant_kwargs(_VARIANTS[variant], 0, drop_timm_factory_kwargs(pretrained, kwargs)))
+def _classifier(variant: str, kwargs: dict[str, Any]) -> GPViT:
+    return GPViT(**variant_kwargs(_VARIANTS[variant], 0, kwargs))
 
 
-def _segmentor(variant: str, decoder: str, pretrained: bool, kwargs: dict[str, Any]) -> GPViTSegmentor:
-    kwargs = drop_timm_factory_kwargs(pretrained, kwargs)
+def _segmentor(variant: str, decoder: str, kwargs: dict[str, Any]) -> GPViTSegmentor:
     head_args = pop_keys(kwargs, _SEGMENTOR_KEYS)
-    backbone_args = variant_kwargs(_VARIANTS[variant], 1, {"out_indices": (2, 5, 8, 11), **kwargs})
+    depth = kwargs.get("depth", 12)
+    taps = tuple(depth * (i + 1) // 4 - 1 for i in range(4))  # the official (2, 5, 8, 11) at depth 12
+    backbone_args = variant_kwargs(_VARIANTS[variant], 1, {"out_indices": taps, **kwargs})
     backbone = GPViT(**{**backbone_args, "num_classes": 0, "global_pool": ""})
     return GPViTSegmentor(backbone=backbone, decoder=decoder, **{"num_classes": 150, **head_args})
 
@@ -635,66 +645,65 @@ def _segmentor_figures(variant: str, decoder: str) -> PaperFigures:
     return PaperFigures("GPViT README, ADE20K", 512, 150, params_m=params, note=_SEG_NOTE)
 
 
-_gpvit = partial(register, family="GPViT")
+_gpvit = partial(register, family="GPViT", feature_indices=3)
 _TINY = dict(embed_dim=24, depth=4, group_layers={1: 8, 3: 4})  # stripe, GP, stripe, GP
-_TINY_DENSE = dict(_TINY, out_indices=(0, 1, 2, 3))
 
 
-@_gpvit(task="classification", paper=_classifier_figures("l1"), tiny=_TINY, feature_indices=3)
-def gpvit_l1(pretrained: bool = False, **kwargs: Any) -> GPViT:
-    return _classifier("l1", pretrained, kwargs)
+@_gpvit(task="classification", paper=_classifier_figures("l1"), tiny=_TINY)
+def gpvit_l1(**kwargs: Any) -> GPViT:
+    return _classifier("l1", kwargs)
 
 
-@_gpvit(task="classification", paper=_classifier_figures("l2"), tiny=_TINY, feature_indices=3)
-def gpvit_l2(pretrained: bool = False, **kwargs: Any) -> GPViT:
-    return _classifier("l2", pretrained, kwargs)
+@_gpvit(task="classification", paper=_classifier_figures("l2"), tiny=_TINY)
+def gpvit_l2(**kwargs: Any) -> GPViT:
+    return _classifier("l2", kwargs)
 
 
-@_gpvit(task="classification", paper=_classifier_figures("l3"), tiny=_TINY, feature_indices=3)
-def gpvit_l3(pretrained: bool = False, **kwargs: Any) -> GPViT:
-    return _classifier("l3", pretrained, kwargs)
+@_gpvit(task="classification", paper=_classifier_figures("l3"), tiny=_TINY)
+def gpvit_l3(**kwargs: Any) -> GPViT:
+    return _classifier("l3", kwargs)
 
 
-@_gpvit(task="classification", paper=_classifier_figures("l4"), tiny=_TINY, feature_indices=3)
-def gpvit_l4(pretrained: bool = False, **kwargs: Any) -> GPViT:
-    return _classifier("l4", pretrained, kwargs)
+@_gpvit(task="classification", paper=_classifier_figures("l4"), tiny=_TINY)
+def gpvit_l4(**kwargs: Any) -> GPViT:
+    return _classifier("l4", kwargs)
 
 
-@_gpvit(task="segmentation", paper=_segmentor_figures("l1", "upernet"), tiny=_TINY_DENSE)
-def gpvit_l1_upernet(pretrained: bool = False, **kwargs: Any) -> GPViTSegmentor:
-    return _segmentor("l1", "upernet", pretrained, kwargs)
+@_gpvit(task="segmentation", paper=_segmentor_figures("l1", "upernet"), tiny=_TINY)
+def gpvit_l1_upernet(**kwargs: Any) -> GPViTSegmentor:
+    return _segmentor("l1", "upernet", kwargs)
 
 
-@_gpvit(task="segmentation", paper=_segmentor_figures("l2", "upernet"), tiny=_TINY_DENSE)
-def gpvit_l2_upernet(pretrained: bool = False, **kwargs: Any) -> GPViTSegmentor:
-    return _segmentor("l2", "upernet", pretrained, kwargs)
+@_gpvit(task="segmentation", paper=_segmentor_figures("l2", "upernet"), tiny=_TINY)
+def gpvit_l2_upernet(**kwargs: Any) -> GPViTSegmentor:
+    return _segmentor("l2", "upernet", kwargs)
 
 
-@_gpvit(task="segmentation", paper=_segmentor_figures("l3", "upernet"), tiny=_TINY_DENSE)
-def gpvit_l3_upernet(pretrained: bool = False, **kwargs: Any) -> GPViTSegmentor:
-    return _segmentor("l3", "upernet", pretrained, kwargs)
+@_gpvit(task="segmentation", paper=_segmentor_figures("l3", "upernet"), tiny=_TINY)
+def gpvit_l3_upernet(**kwargs: Any) -> GPViTSegmentor:
+    return _segmentor("l3", "upernet", kwargs)
 
 
-@_gpvit(task="segmentation", paper=_segmentor_figures("l4", "upernet"), tiny=_TINY_DENSE)
-def gpvit_l4_upernet(pretrained: bool = False, **kwargs: Any) -> GPViTSegmentor:
-    return _segmentor("l4", "upernet", pretrained, kwargs)
+@_gpvit(task="segmentation", paper=_segmentor_figures("l4", "upernet"), tiny=_TINY)
+def gpvit_l4_upernet(**kwargs: Any) -> GPViTSegmentor:
+    return _segmentor("l4", "upernet", kwargs)
 
 
-@_gpvit(task="segmentation", paper=_segmentor_figures("l1", "segformer"), tiny=_TINY_DENSE)
-def gpvit_l1_segformer(pretrained: bool = False, **kwargs: Any) -> GPViTSegmentor:
-    return _segmentor("l1", "segformer", pretrained, kwargs)
+@_gpvit(task="segmentation", paper=_segmentor_figures("l1", "segformer"), tiny=_TINY)
+def gpvit_l1_segformer(**kwargs: Any) -> GPViTSegmentor:
+    return _segmentor("l1", "segformer", kwargs)
 
 
-@_gpvit(task="segmentation", paper=_segmentor_figures("l2", "segformer"), tiny=_TINY_DENSE)
-def gpvit_l2_segformer(pretrained: bool = False, **kwargs: Any) -> GPViTSegmentor:
-    return _segmentor("l2", "segformer", pretrained, kwargs)
+@_gpvit(task="segmentation", paper=_segmentor_figures("l2", "segformer"), tiny=_TINY)
+def gpvit_l2_segformer(**kwargs: Any) -> GPViTSegmentor:
+    return _segmentor("l2", "segformer", kwargs)
 
 
-@_gpvit(task="segmentation", paper=_segmentor_figures("l3", "segformer"), tiny=_TINY_DENSE)
-def gpvit_l3_segformer(pretrained: bool = False, **kwargs: Any) -> GPViTSegmentor:
-    return _segmentor("l3", "segformer", pretrained, kwargs)
+@_gpvit(task="segmentation", paper=_segmentor_figures("l3", "segformer"), tiny=_TINY)
+def gpvit_l3_segformer(**kwargs: Any) -> GPViTSegmentor:
+    return _segmentor("l3", "segformer", kwargs)
 
 
-@_gpvit(task="segmentation", paper=_segmentor_figures("l4", "segformer"), tiny=_TINY_DENSE)
-def gpvit_l4_segformer(pretrained: bool = False, **kwargs: Any) -> GPViTSegmentor:
-    return _segmentor("l4", "segformer", pretrained, kwargs)
+@_gpvit(task="segmentation", paper=_segmentor_figures("l4", "segformer"), tiny=_TINY)
+def gpvit_l4_segformer(**kwargs: Any) -> GPViTSegmentor:
+    return _segmentor("l4", "segformer", kwargs)

@@ -77,12 +77,12 @@ from workbench.models.heads import FCNHead
 from workbench.models.layers import check_dtype, check_images, merge_heads, resize, split_heads
 from workbench.models.registry import (
     PaperFigures,
-    drop_timm_factory_kwargs,
     pop_keys,
     register,
     variant_kwargs,
 )
 from workbench.models.segmentor import Segmentor
+from workbench.models.timm_contract import TimmClassifier
 
 WINDOW = 7
 LayerNorm6 = partial(nn.LayerNorm, eps=1e-6)
@@ -428,7 +428,7 @@ class GlobalLayer(nn.Module):
         return x + self.drop_path(self.attn_norm(attended).reshape(batch, height, width, dim))
 
 
-class HLG(nn.Module):
+class HLG(TimmClassifier, nn.Module):
     """HLG Transformer backbone and classifier.
 
     ``forward_dense`` returns the four LayerNorm'ed stage outputs (B, C_i, H/4 ... H/32); the
@@ -768,12 +768,11 @@ _PAPER = {  # README: params (M), GFLOPs @224
 }
 
 
-def _classifier(variant: str, pretrained: bool, kwargs: dict[str, Any]) -> HLG:
-    return HLG(**variant_kwargs(_VARIANTS[variant], 0, drop_timm_factory_kwargs(pretrained, kwargs)))
+def _classifier(variant: str, kwargs: dict[str, Any]) -> HLG:
+    return HLG(**variant_kwargs(_VARIANTS[variant], 0, kwargs))
 
 
-def _segmentor(variant: str, pretrained: bool, kwargs: dict[str, Any]) -> SETRHLG:
-    kwargs = drop_timm_factory_kwargs(pretrained, kwargs)
+def _segmentor(variant: str, kwargs: dict[str, Any]) -> SETRHLG:
     head_args = pop_keys(kwargs, ("num_classes", "aux_weight", "aux_heads", "head_channels"))
     backbone = HLG(**variant_kwargs(_VARIANTS[variant], 1, kwargs), num_classes=0, global_pool="")
     return SETRHLG(backbone=backbone, **{"num_classes": 19, **head_args})
@@ -794,40 +793,40 @@ def _classifier_figures(variant: str) -> PaperFigures:
 
 
 _SEGMENTOR_FIGURES = PaperFigures("HLG README, Cityscapes", 768, 19, note=_SEG_NOTE)
-_hlg = partial(register, family="HLG")
+_hlg = partial(register, family="HLG", feature_indices=4)
 _TINY = dict(dims=(32, 64, 128, 256), heads=(1, 2, 2, 4), depths=(2, 2, 2, 2))
 
 
-@_hlg(task="classification", paper=_classifier_figures("tiny"), tiny=_TINY, feature_indices=4)
-def hlg_tiny(pretrained: bool = False, **kwargs: Any) -> HLG:
-    return _classifier("tiny", pretrained, kwargs)
+@_hlg(task="classification", paper=_classifier_figures("tiny"), tiny=_TINY)
+def hlg_tiny(**kwargs: Any) -> HLG:
+    return _classifier("tiny", kwargs)
 
 
-@_hlg(task="classification", paper=_classifier_figures("small"), tiny=_TINY, feature_indices=4)
-def hlg_small(pretrained: bool = False, **kwargs: Any) -> HLG:
-    return _classifier("small", pretrained, kwargs)
+@_hlg(task="classification", paper=_classifier_figures("small"), tiny=_TINY)
+def hlg_small(**kwargs: Any) -> HLG:
+    return _classifier("small", kwargs)
 
 
-@_hlg(task="classification", paper=_classifier_figures("medium"), tiny=_TINY, feature_indices=4)
-def hlg_medium(pretrained: bool = False, **kwargs: Any) -> HLG:
-    return _classifier("medium", pretrained, kwargs)
+@_hlg(task="classification", paper=_classifier_figures("medium"), tiny=_TINY)
+def hlg_medium(**kwargs: Any) -> HLG:
+    return _classifier("medium", kwargs)
 
 
-@_hlg(task="classification", paper=_classifier_figures("large"), tiny=_TINY, feature_indices=4)
-def hlg_large(pretrained: bool = False, **kwargs: Any) -> HLG:
-    return _classifier("large", pretrained, kwargs)
-
-
-@_hlg(task="segmentation", paper=_SEGMENTOR_FIGURES, tiny=_TINY)
-def setr_hlg_small(pretrained: bool = False, **kwargs: Any) -> SETRHLG:
-    return _segmentor("small", pretrained, kwargs)
+@_hlg(task="classification", paper=_classifier_figures("large"), tiny=_TINY)
+def hlg_large(**kwargs: Any) -> HLG:
+    return _classifier("large", kwargs)
 
 
 @_hlg(task="segmentation", paper=_SEGMENTOR_FIGURES, tiny=_TINY)
-def setr_hlg_medium(pretrained: bool = False, **kwargs: Any) -> SETRHLG:
-    return _segmentor("medium", pretrained, kwargs)
+def setr_hlg_small(**kwargs: Any) -> SETRHLG:
+    return _segmentor("small", kwargs)
 
 
 @_hlg(task="segmentation", paper=_SEGMENTOR_FIGURES, tiny=_TINY)
-def setr_hlg_large(pretrained: bool = False, **kwargs: Any) -> SETRHLG:
-    return _segmentor("large", pretrained, kwargs)
+def setr_hlg_medium(**kwargs: Any) -> SETRHLG:
+    return _segmentor("medium", kwargs)
+
+
+@_hlg(task="segmentation", paper=_SEGMENTOR_FIGURES, tiny=_TINY)
+def setr_hlg_large(**kwargs: Any) -> SETRHLG:
+    return _segmentor("large", kwargs)

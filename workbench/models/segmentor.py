@@ -3,11 +3,16 @@
 ``model(images)`` returns the decode head's logits resized to the input resolution;
 ``model.losses(images, targets)`` returns the training losses (main + weighted auxiliary).
 The auxiliary heads run only inside ``losses``: inference pays nothing for them.
+
+timm's feature contract (``feature_info``, ``forward_intermediates``, ``prune_intermediate_layers``,
+hence ``timm.create_model(name, features_only=True)``) is the encoder's: the backbone's maps (SETR's
+blocks at stride 16, GPViT's layers at stride 8, HLG's four stages), as the backbone defines them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -79,6 +84,51 @@ class Segmentor(nn.Module):
         self.check_images(images)
         features = self.backbone.forward_dense(images)
         return self.neck(features) if self.neck is not None else features
+
+    @property
+    def feature_info(self) -> list[dict[str, Any]]:
+        """The backbone's ``feature_info`` (channels, stride, module), module names from the segmentor."""
+        return [{**info, "module": f"backbone.{info['module']}"} for info in self.backbone.feature_info]
+
+    def forward_intermediates(
+        self,
+        images: torch.Tensor,
+        indices: int | Sequence[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """timm's ``forward_intermediates`` of the backbone, with its semantics: maps ``indices`` of
+        ``feature_info`` (None: all; n: the last n; a list: those), through the backbone's final norm
+        if ``norm``, none after the last taken run with ``stop_early``. Returns the maps, or (the
+        backbone's final features, maps). Neck and heads do not run."""
+        self.check_images(images)
+        return self.backbone.forward_intermediates(
+            images,
+            indices=indices,
+            norm=norm,
+            stop_early=stop_early,
+            output_fmt=output_fmt,
+            intermediates_only=intermediates_only,
+        )
+
+    def prune_intermediate_layers(
+        self, indices: int | Sequence[int] = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> list[int]:
+        """timm's pruning: the backbone drops what follows the last of ``indices`` (and its final norm
+        if ``prune_norm``); ``prune_head`` drops the neck, decode and auxiliary heads, which read maps
+        that may be gone, leaving an encoder for ``forward_intermediates``. Returns the indices kept."""
+        kept = self.backbone.prune_intermediate_layers(indices, prune_norm=prune_norm, prune_head=True)
+        if prune_head:
+            self.neck, self.decode_head, self.aux_heads, self.aux_in = (
+                None,
+                nn.Identity(),
+                nn.ModuleList(),
+                (),
+            )
+            self.num_classes = 0
+        return kept
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits (B, num_classes, H, W) at the resolution of ``images`` (B, in_chans, H, W)."""

@@ -79,7 +79,7 @@ from torch import nn
 
 from workbench.models.explain import AttentionSite, Probed, SelfLayout, attend
 from workbench.models.layers import ConvBNReLU, check_img_size, resample_pos_embed, upsample
-from workbench.models.registry import PaperFigures, drop_timm_factory_kwargs, register
+from workbench.models.registry import PaperFigures, register
 from workbench.models.segmentor import Segmentor
 
 PATCH_SIZE = 16
@@ -182,8 +182,9 @@ class SETREncoder(VisionTransformer):
             attn_layer=ProbedAttention,
         )
         self.out_indices = tuple(sorted(set(out_indices)))
-        # Blocks after the deepest tap never influence an output: drop them.
+        # Blocks after the deepest tap never influence an output: drop them (and their features).
         self.blocks = self.blocks[: self.out_indices[-1] + 1]
+        self.feature_info = self.feature_info[: len(self.blocks)]
 
     def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:
         """Patch embeddings (B, H, W, C) -> tokens (B, prefix + H*W, C): [class token, registers, grid]
@@ -487,8 +488,7 @@ _ENCODERS = {
 }
 
 
-def _create(decoder: str, encoder: str, pretrained: bool, kwargs: dict[str, Any]) -> SETR:
-    kwargs = drop_timm_factory_kwargs(pretrained, kwargs)
+def _create(decoder: str, encoder: str, kwargs: dict[str, Any]) -> SETR:
     args = dict(decoder=decoder, num_classes=19, img_size=768, **_ENCODERS[encoder])
     return SETR(**{**args, **kwargs})
 
@@ -522,7 +522,7 @@ def official_unused_params(model: SETR) -> int:
     return (1 + len(model.aux_heads)) * (512 * model.num_classes + model.num_classes)
 
 
-_setr = partial(register, family="SETR", task="segmentation")
+_setr = partial(register, family="SETR", task="segmentation", feature_indices=3)
 _TINY = dict(
     embed_dim=32, depth=4, num_heads=2, img_size=64, head_channels=16, mla_channels=16, mla_head_channels=8
 )
@@ -531,45 +531,45 @@ _TINY_MLA = dict(_TINY, decode_layers=(0, 1, 2, 3))
 
 
 @_setr(paper=_paper(305.67), tiny=_TINY_UP)
-def setr_naive_vit_large(pretrained: bool = False, **kwargs: Any) -> SETR:
-    return _create("naive", "vit_large", pretrained, kwargs)
+def setr_naive_vit_large(**kwargs: Any) -> SETR:
+    return _create("naive", "vit_large", kwargs)
 
 
 @_setr(paper=_paper(318.31), tiny=_TINY_UP)
-def setr_pup_vit_large(pretrained: bool = False, **kwargs: Any) -> SETR:
-    return _create("pup", "vit_large", pretrained, kwargs)
+def setr_pup_vit_large(**kwargs: Any) -> SETR:
+    return _create("pup", "vit_large", kwargs)
 
 
 @_setr(paper=_paper(310.57), tiny=_TINY_MLA)
-def setr_mla_vit_large(pretrained: bool = False, **kwargs: Any) -> SETR:
-    return _create("mla", "vit_large", pretrained, kwargs)
+def setr_mla_vit_large(**kwargs: Any) -> SETR:
+    return _create("mla", "vit_large", kwargs)
 
 
 @_setr(paper=_paper(87.69), tiny=_TINY_UP)
-def setr_naive_vit_base(pretrained: bool = False, **kwargs: Any) -> SETR:
-    return _create("naive", "vit_base", pretrained, kwargs)
+def setr_naive_vit_base(**kwargs: Any) -> SETR:
+    return _create("naive", "vit_base", kwargs)
 
 
 @_setr(paper=_paper(97.64), tiny=_TINY_UP)
-def setr_pup_vit_base(pretrained: bool = False, **kwargs: Any) -> SETR:
-    return _create("pup", "vit_base", pretrained, kwargs)
+def setr_pup_vit_base(**kwargs: Any) -> SETR:
+    return _create("pup", "vit_base", kwargs)
 
 
 @_setr(paper=_paper(92.59), tiny=_TINY_MLA)
-def setr_mla_vit_base(pretrained: bool = False, **kwargs: Any) -> SETR:
-    return _create("mla", "vit_base", pretrained, kwargs)
+def setr_mla_vit_base(**kwargs: Any) -> SETR:
+    return _create("mla", "vit_base", kwargs)
 
 
 @_setr(paper=_paper(87.69), tiny=_TINY_UP)
-def setr_naive_deit_base(pretrained: bool = False, **kwargs: Any) -> SETR:
-    return _create("naive", "deit_base", pretrained, kwargs)
+def setr_naive_deit_base(**kwargs: Any) -> SETR:
+    return _create("naive", "deit_base", kwargs)
 
 
 @_setr(paper=_paper(97.64), tiny=_TINY_UP)
-def setr_pup_deit_base(pretrained: bool = False, **kwargs: Any) -> SETR:
-    return _create("pup", "deit_base", pretrained, kwargs)
+def setr_pup_deit_base(**kwargs: Any) -> SETR:
+    return _create("pup", "deit_base", kwargs)
 
 
 @_setr(paper=_paper(92.59), tiny=_TINY_MLA)
-def setr_mla_deit_base(pretrained: bool = False, **kwargs: Any) -> SETR:
-    return _create("mla", "deit_base", pretrained, kwargs)
+def setr_mla_deit_base(**kwargs: Any) -> SETR:
+    return _create("mla", "deit_base", kwargs)
