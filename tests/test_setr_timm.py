@@ -120,7 +120,7 @@ def test_encoder_checkpoint_loads_the_files_weights(tmp_path):
     assert all(torch.equal(value, saved[key]) for key, value in loaded.items())
     random = _segmentor("setr_naive").backbone.vit.state_dict()
     assert not torch.equal(random["blocks.0.attn.qkv.weight"], loaded["blocks.0.attn.qkv.weight"])
-    with pytest.raises(ValueError, match="encoder_checkpoint 'missing.pth' is not a file" + ONE_LINE):
+    with pytest.raises(ValueError, match="checkpoint 'missing.pth' is not a file" + ONE_LINE):
         _segmentor(encoder_checkpoint="missing.pth")
 
 
@@ -151,7 +151,7 @@ def test_the_explain_probes_record_the_forward_path_and_answer_clicks():
         (
             "setr_pup",
             "vit_not_a_model",
-            "unknown timm model 'vit_not_a_model': encoder= takes a timm plain ViT",
+            "unknown timm model 'vit_not_a_model': expected a timm plain ViT",
         ),
         ("setr_pup", "resnet18", "resnet18 is not a timm plain ViT that takes any input size"),
         ("setr_pup", None, "setr_pup needs encoder=, the name of a timm plain ViT"),
@@ -187,3 +187,32 @@ def test_a_config_names_the_encoder_and_one_step_trains_only_the_decoder(tmp_pat
     saved = vit.state_dict()
     assert encoder and all(torch.equal(value, saved[key]) for key, value in encoder.items())
     assert "decode_head.classifier.weight" in trained
+
+
+def test_a_saved_run_loads_without_its_encoder_file(tmp_path):
+    """A run started from an encoder file predicts from its own checkpoint once that file is gone."""
+    from workbench.build import build_model
+    from workbench.config import load_config
+    from workbench.inference import load_predictor
+    from workbench.interop.checkpoint import save_weights
+
+    encoder_kwargs = dict(TINY, img_size=64)
+    vit = timm.create_model("deit3_small_patch16_224", pretrained=False, **encoder_kwargs)
+    encoder_file = tmp_path / "encoder.pth"
+    torch.save(vit.state_dict(), encoder_file)
+    cfg = load_config("tiny_setr")
+    cfg.model.name = "setr_naive"
+    cfg.model.kwargs = dict(
+        **HEADS,
+        encoder="deit3_small_patch16_224",
+        encoder_kwargs=encoder_kwargs,
+        encoder_checkpoint=str(encoder_file),
+    )
+    model = build_model(cfg)
+    folder = tmp_path / "run"
+    folder.mkdir()
+    save_weights(folder, model, cfg)
+    encoder_file.unlink()
+    predictor = load_predictor(folder)
+    image = np.random.default_rng(0).integers(0, 256, (40, 56, 3), dtype=np.uint8)
+    assert predictor(image).labels.shape == (40, 56)

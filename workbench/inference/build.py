@@ -35,6 +35,8 @@ def load_run(path: str | Path, ema: bool = False) -> tuple[Config, nn.Module, Lo
     from workbench.interop.checkpoint import checkpoint_config
 
     cfg = checkpoint_config(path)
+    # A timm encoder's starting weights are in the checkpoint now: its file need not exist any more.
+    cfg.model.kwargs.pop("encoder_checkpoint", None)
     model = build_model(cfg)
     return cfg, model, load_weights(model, path, ema=ema)
 

@@ -32,7 +32,10 @@ import contextvars
 import math
 import weakref
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
+import timm
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -76,6 +79,56 @@ FAMILIES = (
         "no single token grid through the blocks: not a plain ViT",
     ),
 )
+
+
+EXAMPLES = (
+    "vit_small_patch16_224.dino, vit_base_patch14_reg4_dinov2, deit3_base_patch16_224, eva02_base_patch14_224"
+)
+
+
+def create_vit(
+    name: str,
+    checkpoint: str | Path | None = None,
+    *,
+    pretrained: bool = False,
+    require_dynamic: bool = False,
+    **kwargs: Any,
+) -> nn.Module:
+    """timm's model ``name`` with the weights of ``checkpoint`` (a file read as timm reads pretrained
+    files: a plain state dict, timm's ``save_checkpoint`` layout, or a release layout that timm's
+    loader for the model converts), of timm's own release (``pretrained=True``: timm downloads it) or
+    random (neither). Built with ``dynamic_img_size=True`` (any input size) where the class takes it;
+    ``require_dynamic`` refuses one that does not. ``kwargs`` go to timm. One-line ValueErrors."""
+    if not timm.is_model(name.split(".")[0]):
+        raise ValueError(f"unknown timm model {name!r}: expected a timm plain ViT, e.g. {EXAMPLES}")
+    if checkpoint is not None and pretrained:
+        raise ValueError("give checkpoint=FILE or pretrained=True, not both")
+    options = dict(kwargs)
+    if checkpoint is not None:
+        path = Path(checkpoint).expanduser()
+        if not path.is_file():
+            raise ValueError(f"checkpoint {str(checkpoint)!r} is not a file")
+        options["pretrained_cfg_overlay"] = {"file": str(path)}
+    load = checkpoint is not None or pretrained
+    try:
+        try:
+            return timm.create_model(name, pretrained=load, dynamic_img_size=True, **options)
+        except TypeError as error:
+            if "dynamic_img_size" not in str(error):
+                raise
+            if require_dynamic:
+                raise ValueError(
+                    f"{name} is not a timm plain ViT that takes any input size (dynamic_img_size): "
+                    f"expected e.g. {EXAMPLES}"
+                ) from None
+            return timm.create_model(name, pretrained=load, **options)
+    except (RuntimeError, OSError, KeyError, TypeError) as error:
+        where = (
+            f"from {checkpoint}" if checkpoint is not None else "from timm's release" if pretrained else ""
+        )
+        lines = str(error).strip().splitlines()
+        reason = f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+        raise ValueError(f"could not build {name} {where}: {reason}".replace("  ", " ")) from None
 
 
 # The token grid of the latest patch embedding in this context: attention calls that follow read it.

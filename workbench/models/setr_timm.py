@@ -45,15 +45,12 @@ import timm
 import torch
 from torch import nn
 
-from workbench.models.any_vit import check_plain_vit, install_probes, vit_sites
+from workbench.models.any_vit import EXAMPLES, check_plain_vit, create_vit, install_probes, vit_sites
 from workbench.models.explain import AttentionSite
 from workbench.models.setr import _DEFAULT_LAYERS, DECODERS, SETR
 
 # create_segmentor's bare decoder names, used with encoder=NAME.
 DECODER_NAMES = {"setr_naive": "naive", "setr_pup": "pup", "setr_mla": "mla"}
-_EXAMPLES = (
-    "vit_base_patch14_reg4_dinov2, deit3_base_patch16_224, vit_base_patch16_clip_224, eva02_base_patch14_224"
-)
 
 
 def default_layers(decoder: str, flavour: str, depth: int) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
@@ -71,32 +68,6 @@ def default_layers(decoder: str, flavour: str, depth: int) -> tuple[tuple[int, .
         return tuple(max(1, math.floor((layer + 1) * depth / 24 + 0.5)) - 1 for layer in layers)
 
     return scaled(decode), scaled(aux.get(flavour, ()))
-
-
-def create_encoder_vit(
-    name: str, checkpoint: str | Path | None = None, in_chans: int = 3, **kwargs: Any
-) -> nn.Module:
-    """timm's model ``name`` without classifier, for any input size, with the weights of ``checkpoint``
-    (read as timm reads pretrained files) or random ones; one-line ValueErrors."""
-    if not timm.is_model(name.split(".")[0]):
-        raise ValueError(f"unknown timm model {name!r}: encoder= takes a timm plain ViT, e.g. {_EXAMPLES}")
-    options: dict[str, Any] = dict(kwargs, in_chans=in_chans, num_classes=0, dynamic_img_size=True)
-    if checkpoint is not None:
-        if not Path(checkpoint).expanduser().is_file():
-            raise ValueError(f"encoder_checkpoint {str(checkpoint)!r} is not a file")
-        options["pretrained_cfg_overlay"] = dict(file=str(Path(checkpoint).expanduser()))
-    try:
-        return timm.create_model(name, pretrained=checkpoint is not None, **options)
-    except TypeError as error:
-        if "dynamic_img_size" not in str(error):
-            raise
-        raise ValueError(
-            f"{name} is not a timm plain ViT that takes any input size (dynamic_img_size): encoder= "
-            f"takes e.g. {_EXAMPLES}"
-        ) from None
-    except (RuntimeError, OSError, KeyError) as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ValueError(f"could not load {name} from {checkpoint}: {first_line}") from None
 
 
 class TimmViTEncoder(nn.Module):
@@ -183,7 +154,14 @@ class TimmSETR(SETR):
         mla_head_channels: int = 128,
         aux_weight: float = 0.4,
     ) -> None:
-        vit = create_encoder_vit(encoder, encoder_checkpoint, in_chans, **(encoder_kwargs or {}))
+        vit = create_vit(
+            encoder,
+            encoder_checkpoint,
+            require_dynamic=True,
+            in_chans=in_chans,
+            num_classes=0,
+            **(encoder_kwargs or {}),
+        )
         depth = len(vit.blocks)
         scaled = default_layers(decoder, flavour, depth)
         if scaled is not None:
@@ -235,5 +213,5 @@ def create_timm_segmentor(name: str, *, encoder: str | None, num_classes: int, *
             f"encoder= goes with a bare SETR decoder name ({', '.join(DECODER_NAMES)}), got {name!r}"
         )
     if encoder is None:
-        raise ValueError(f"{name} needs encoder=, the name of a timm plain ViT, e.g. {_EXAMPLES}")
+        raise ValueError(f"{name} needs encoder=, the name of a timm plain ViT, e.g. {EXAMPLES}")
     return TimmSETR(decoder=DECODER_NAMES[name], encoder=encoder, num_classes=num_classes, **kwargs)
