@@ -24,8 +24,9 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
+from apps import vit_handlers
 from apps.settings import ATTRIBUTIONS, MEAN, SEGMENTATION_ONLY, Settings
-from apps.store import Entry, Loaded, Models, Sessions
+from apps.store import TIMM, TIMM_RANDOM_FROM_PAGE, Entry, Loaded, Models, Sessions
 from workbench.cache import cache_dir
 from workbench.data.classes import default_palette
 from workbench.data.demo import render_scene
@@ -61,9 +62,11 @@ class SegmentView:
     picture: np.ndarray | None = None
     notice: str = ""
     legend: str = ""
-    areas: list[list] | None = None  # class, pixels, area % (segmentors)
+    areas: list[list] | None = None  # class, pixels, area % (segmentors); class, index, % (a ViT's top 5)
     detections: list[list] | None = None  # class, score, x1, y1, x2, y2 (detectors)
     detects: bool = False
+    vit: bool = False  # a timm ViT: the picture is its features' PCA, the table its top five
+    class_token: bool = False  # the class token's maps can be shown (a ViT with one)
     sites: list[str] = field(default_factory=list)
     heads: list[str] = field(default_factory=lambda: [MEAN])
     can_roll: bool = False
@@ -84,18 +87,33 @@ class ClickView:
 class Workbench:
     """The app's handlers over a shared model store and session cache; each returns plain values."""
 
-    def __init__(self, settings: Settings, checkpoint: str, model: str = "", num_classes: int | None = None):
+    def __init__(
+        self,
+        settings: Settings,
+        checkpoint: str,
+        model: str = "",
+        num_classes: int | None = None,
+        timm_options: dict | None = None,
+    ):
+        """The app on ``checkpoint`` (``model``, ``num_classes``: for a released file), or on the timm
+        ViT ``model="timm:NAME"`` with the weights file ``checkpoint`` ("": random weights) and
+        ``timm_options`` (``load_vit_predictor`` keywords, e.g. timm's ``depth`` for a tiny test model)."""
         self.settings = settings
         self.models = Models(settings)
         self.sessions = Sessions(settings, self.models)
-        self.default = self.models.pin(checkpoint, model, num_classes)  # never dropped, no folder check
+        if model.startswith(TIMM):  # never dropped, no folder check
+            options = {**({"num_classes": num_classes} if num_classes else {}), **(timm_options or {})}
+            self.default = self.models.pin_timm(model.removeprefix(TIMM), checkpoint or None, options)
+        else:
+            self.default = self.models.pin(checkpoint, model, num_classes)
 
     # ----------------------------------------------------------------------------- models
 
     def load(self, checkpoint: str, model: str = "", num_classes: int | float | None = None) -> Loaded:
-        """The model box: a checkpoint loaded (once) with its report; refused in one line."""
+        """The model box: a checkpoint loaded (once) with its report, or a timm ViT (``timm:NAME`` in
+        the model box and its weights file in this one, or ``timm:NAME@FILE`` here); refused in one line."""
         if not (checkpoint or "").strip():
-            raise ValueError(NO_PATH)
+            raise ValueError(TIMM_RANDOM_FROM_PAGE if (model or "").strip().startswith(TIMM) else NO_PATH)
         try:
             return self.models.get(
                 checkpoint.strip(), (model or "").strip(), int(num_classes) if num_classes else None
@@ -107,6 +125,8 @@ class Workbench:
         """What the loaded model knows (Markdown): its name, data set, classes and where its weights came
         from; for the demo model, that it saw generated shapes only and how to load a real one."""
         loaded = self.models.find(key)
+        if loaded.vit:
+            return vit_handlers.model_card(loaded)
         predictor = loaded.predictor
         source = str(predictor.load_report.source) if predictor.load_report else "not recorded"
         name, dataset = _name_and_dataset(predictor, source)
@@ -123,12 +143,15 @@ class Workbench:
 
     # ----------------------------------------------------------------------------- the main panel
 
-    def segment(self, key: str, path: str, alpha: float, score_threshold: float) -> SegmentView:
-        """The main panel for a new image or model: segmentation (or detections) and the explain tabs'
-        choices; an empty view without an image."""
+    def segment(
+        self, key: str, path: str, alpha: float, score_threshold: float, foreground: float | None = None
+    ) -> SegmentView:
+        """The main panel for a new image or model: segmentation (or detections, or a ViT's features'
+        PCA with ``foreground`` its threshold) and the explain tabs' choices; empty without an image."""
         loaded = self.models.find(key)
+        class_token = loaded.vit and vit_handlers.has_class_token(loaded)
         if not path:
-            return SegmentView(detects=loaded.detects)
+            return SegmentView(detects=loaded.detects, vit=loaded.vit, class_token=class_token)
         if loaded.detects:
             drawn, text, rows = self.detection_view(key, path, alpha, score_threshold)
             return SegmentView(
@@ -141,6 +164,18 @@ class Workbench:
         entry = self.sessions.get(loaded, path)
         session = entry.session
         sites, blocks = click_sites(session), list(gp_sites(session.cached))
+        if loaded.vit:
+            return SegmentView(
+                picture=vit_handlers.picture(entry, alpha, foreground),
+                notice=vit_handlers.notice(entry, foreground),
+                areas=vit_handlers.top_rows(entry),
+                vit=True,
+                class_token=class_token,
+                sites=sites,
+                heads=head_choices(session, sites[-1]),
+                can_roll=can_roll(session),
+                groups=(None, None, "no GP blocks: not a GPViT"),
+            )
         found = class_areas(session.prediction.labels, loaded.predictor.classes)
         height, width = entry.decoded.pixels.shape[:2]
         notes = "; ".join(entry.decoded.notes)
@@ -158,14 +193,19 @@ class Workbench:
             else (None, None, "no GP blocks: not a GPViT"),
         )
 
-    def picture(self, key: str, path: str, alpha: float, score_threshold: float) -> np.ndarray | None:
-        """The main picture at opacity ``alpha``: the segmentation overlay, or the detections drawn."""
+    def picture(
+        self, key: str, path: str, alpha: float, score_threshold: float, foreground: float | None = None
+    ) -> np.ndarray | None:
+        """The main picture at opacity ``alpha``: the segmentation overlay, the detections drawn, or a
+        ViT's features' PCA (``foreground`` its threshold)."""
         if not path:
             return None
         loaded = self.models.find(key)
         if loaded.detects:
             return self.detection_view(key, path, alpha, score_threshold)[0]
         entry = self.sessions.get(loaded, path)
+        if loaded.vit:
+            return vit_handlers.picture(entry, alpha, foreground)
         return entry.session.prediction.overlay(entry.decoded.pixels, alpha)
 
     def label_map(self, key: str, path: str, as_list: bool = True) -> dict:
@@ -176,6 +216,8 @@ class Workbench:
             raise ValueError(
                 "the model is a detector: /detections gives its boxes; label maps come from segmentors"
             )
+        if loaded.vit:
+            raise ValueError(vit_handlers.NO_LABELS)
         entry = self.sessions.get(loaded, path)
         labels = entry.session.prediction.labels
         return {
@@ -270,19 +312,33 @@ class Workbench:
         head: str,
         rollout: bool = False,
         block: str = "",
+        class_token: bool = False,
     ) -> ClickView:
         """A click on the page: the heat overlay of (y, x)'s attention with the pixel marked, a caption,
-        and its attention through ``block``'s groups (GPViT); a detector says the tabs do not apply."""
+        and its attention through ``block``'s groups (GPViT); with ``class_token`` (a ViT) the class
+        token's map in ``layer`` instead; a detector says the tabs do not apply."""
         if not path:
             raise ValueError("no image: upload one or pick an example")
         if self.models.find(key).detects:
             return ClickView(None, SEGMENTATION_ONLY.format("attention maps"))
+        if class_token:
+            return ClickView(*self.class_attention(key, path, layer, head))
         weights = self.attention(key, path, y, x, layer, head or MEAN, rollout)
         entry = self.explained(key, path)
         what = "rollout" if rollout else f"{layer or click_sites(entry.session)[-1]}, head {head or MEAN}"
         heat = mark_pixel(heat_overlay(entry.decoded.pixels, weights), y, x)
         effective = self.groups(key, path, block, (y, x))[1] if block else None
         return ClickView(heat, f"pixel (y={y}, x={x}): {what}", effective)
+
+    def class_attention(self, key: str, path: str, layer: str, head: str) -> tuple[np.ndarray, str]:
+        """A ViT's class-token attention in ``layer`` (default: the last), one head or the mean, over
+        the image, and its caption."""
+        loaded = self.models.find(key)
+        if not loaded.vit:
+            raise ValueError("class-token maps are for a timm ViT with a class token")
+        entry = self.explained(key, path)
+        layer = layer or click_sites(entry.session)[-1]
+        return vit_handlers.class_attention_view(entry, loaded, layer, head or MEAN)
 
     def heads(self, key: str, path: str, layer: str) -> list[str]:
         return head_choices(self.explained(key, path).session, layer)
@@ -303,11 +359,13 @@ class Workbench:
 
     def attribution(self, key: str, path: str, pixel: tuple[int, int] | None, method: str):
         """The captum attribution of the clicked pixel's class over its region, as a heat map over the
-        image, and a caption. Runs the model, under its lock. Occlusion windows are sized from the
-        model input, where captum runs."""
+        image, and a caption (a ViT: its top class's relevance). Runs the model, under its lock.
+        Occlusion windows are sized from the model input, where captum runs."""
         loaded = self.models.find(key)
         if loaded.detects:
             return None, SEGMENTATION_ONLY.format("attributions")
+        if loaded.vit:  # no regions to attribute: the top class's relevance, no click needed
+            return vit_handlers.relevance_view(self.sessions.get(loaded, path), loaded)
         if not path or pixel is None:
             raise ValueError("click a pixel first: its class over its region is attributed")
         if method not in ATTRIBUTIONS:

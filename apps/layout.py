@@ -12,6 +12,11 @@ import gradio as gr
 
 from apps.handlers import Workbench, demo_examples, one_line
 from apps.settings import ATTRIBUTIONS, IMAGE_HEIGHT, MEAN, SCORE_THRESHOLD
+from apps.vit_handlers import TOP_HEADERS
+
+AREA_HEADERS = ["class", "pixels", "area %"]
+ATTRIBUTE = "attribute the clicked pixel's class over its region"
+RELEVANCE = "relevance of the top class (Chefer et al.)"  # a ViT's: it has no regions
 
 
 @contextmanager
@@ -25,7 +30,7 @@ def shown_as_error() -> Iterator[None]:
 
 def build_app(workbench: Workbench) -> gr.Blocks:
     examples = demo_examples()
-    detects = workbench.default.detects
+    detects, vit = workbench.default.detects, workbench.default.vit
     with gr.Blocks(title="ViT dense-prediction workbench", analytics_enabled=False) as app:
         model_key = gr.State(workbench.default.key)
         image_path = gr.State("")
@@ -45,7 +50,16 @@ def build_app(workbench: Workbench) -> gr.Blocks:
                     allow_preview=False,
                     elem_id="examples",
                 )
-                opacity = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="opacity")
+                opacity = gr.Slider(0.0, 1.0, value=1.0 if vit else 0.5, step=0.05, label="opacity")
+                foreground = gr.Slider(
+                    0.0,
+                    1.0,
+                    value=0.0,
+                    step=0.05,
+                    label="PCA foreground threshold on the first component (0: every patch)",
+                    visible=vit,
+                    elem_id="foreground",
+                )
                 notice = gr.Markdown(elem_id="notice")
                 with gr.Accordion("model", open=False, elem_id="model-box"):
                     checkpoint = gr.Textbox(
@@ -53,22 +67,23 @@ def build_app(workbench: Workbench) -> gr.Blocks:
                     )
                     with gr.Row():
                         model_name = gr.Textbox(
-                            label="segmentor or detector, for a released file", placeholder="gpvit_l1_upernet"
+                            label="segmentor or detector for a released file, or timm:NAME (a timm ViT)",
+                            placeholder="gpvit_l1_upernet or timm:vit_small_patch16_224.dino",
                         )
                         num_classes = gr.Number(label="classes", precision=0, value=None)
                     load = gr.Button("load", elem_id="load")
                     report = gr.Textbox(value=workbench.default.report, label="load report", lines=4)
             with gr.Column(scale=2):
                 segmentation = gr.Image(
-                    label="segmentation: click a pixel",
+                    label="patch features' PCA: click a pixel" if vit else "segmentation: click a pixel",
                     format="png",
                     interactive=False,
                     elem_id="segmentation",
                 )
                 legend = gr.HTML(elem_id="legend")
                 areas = gr.Dataframe(
-                    headers=["class", "pixels", "area %"],
-                    label="area per class",
+                    headers=TOP_HEADERS if vit else AREA_HEADERS,
+                    label="top-5 classes" if vit else "area per class",
                     interactive=False,
                     visible=not detects,
                     elem_id="areas",
@@ -87,7 +102,13 @@ def build_app(workbench: Workbench) -> gr.Blocks:
                     layer = gr.Dropdown(label="layer", choices=[], allow_custom_value=True)
                     head = gr.Dropdown(label="head", choices=[MEAN], value=MEAN, allow_custom_value=True)
                     rollout = gr.Checkbox(
-                        label="rollout (SETR)", value=False, interactive=False, elem_id="rollout"
+                        label="rollout (SETR, ViT)", value=False, interactive=False, elem_id="rollout"
+                    )
+                    class_token = gr.Checkbox(
+                        label="class token's map (not the clicked pixel's)",
+                        value=False,
+                        visible=vit,
+                        elem_id="class-token",
                     )
                 attention_image = gr.Image(
                     label="attention of the clicked pixel", format="png", elem_id="attention-map"
@@ -104,23 +125,33 @@ def build_app(workbench: Workbench) -> gr.Blocks:
                     )
                 groups_text = gr.Markdown(elem_id="groups-text")
             with gr.Tab("attribution", id="attribution"):
-                method = gr.Radio(list(ATTRIBUTIONS), value="occlusion", label="captum method")
-                attribute_button = gr.Button(
-                    "attribute the clicked pixel's class over its region", elem_id="attribute"
+                method = gr.Radio(
+                    list(ATTRIBUTIONS), value="occlusion", label="captum method", visible=not vit
                 )
+                attribute_button = gr.Button(RELEVANCE if vit else ATTRIBUTE, elem_id="attribute")
                 attribution_image = gr.Image(
                     label="attribution (signed)", format="png", height=IMAGE_HEIGHT, elem_id="attribution-map"
                 )
                 attribution_text = gr.Markdown(elem_id="attribution-text")
 
-        def segment(key, path, alpha, score_threshold):
+        def segment(key, path, alpha, score_threshold, threshold_pca=0.0):
             """The main tab for a new image or model (a dict: component -> value); clicks are reset."""
             with shown_as_error():
-                view = workbench.segment(key, path, alpha, score_threshold)
+                view = workbench.segment(key, path, alpha, score_threshold, threshold_pca)
+            headers, label = (TOP_HEADERS, "top-5 classes") if view.vit else (AREA_HEADERS, "area per class")
             return {
                 segmentation: view.picture,
                 legend: view.legend,
-                areas: gr.update(value=view.areas, visible=not view.detects),
+                areas: gr.update(
+                    value=view.areas,
+                    visible=not view.detects and (not view.vit or bool(view.areas)),
+                    headers=headers,
+                    label=label,
+                ),
+                foreground: gr.update(visible=view.vit),
+                class_token: gr.update(value=False, visible=view.class_token),
+                method: gr.update(visible=not view.vit),
+                attribute_button: gr.update(value=RELEVANCE if view.vit else ATTRIBUTE),
                 detection_panel: gr.update(visible=view.detects),
                 detection_table: view.detections,
                 notice: view.notice,
@@ -142,24 +173,28 @@ def build_app(workbench: Workbench) -> gr.Blocks:
                 return workbench.detection_view(key, path, alpha, score_threshold)
 
         def on_click(key, path, name, head_value, roll, gp_block, evt: gr.SelectData):
+            """The clicked pixel's attention (a ViT's class-token map gives way to it)."""
             x, y = (int(v) for v in evt.index[:2])
             with shown_as_error():
                 view = workbench.click(key, path, y, x, name or "", head_value or MEAN, roll, gp_block or "")
-            return (y, x), view.heat, view.text, view.effective
+            return (y, x), view.heat, view.text, view.effective, False
 
-        def attention_view(key, path, pixel, name, head_value, roll):
-            if not path or pixel is None:
+        def attention_view(key, path, pixel, name, head_value, roll, cls):
+            if not path or (pixel is None and not cls):
                 return None, ""
             with shown_as_error():
+                if cls:
+                    return workbench.class_attention(key, path, name or "", head_value or MEAN)
                 view = workbench.click(key, path, *pixel, name or "", head_value or MEAN, roll)
             return view.heat, view.text
 
-        def on_layer(key, path, pixel, name, roll):
+        def on_layer(key, path, pixel, name, roll, cls):
             if not path or not name:
                 return gr.update(), None, ""
             with shown_as_error():
                 heads = workbench.heads(key, path, name)
-            return (gr.update(choices=heads, value=MEAN), *attention_view(key, path, pixel, name, MEAN, roll))
+            view = attention_view(key, path, pixel, name, MEAN, roll, cls)
+            return (gr.update(choices=heads, value=MEAN), *view)
 
         def on_block(key, path, gp_block, pixel):
             if not path or not gp_block:
@@ -167,9 +202,9 @@ def build_app(workbench: Workbench) -> gr.Blocks:
             with shown_as_error():
                 return workbench.groups(key, path, gp_block, pixel)
 
-        def on_opacity(key, path, alpha, score_threshold):
+        def on_opacity(key, path, alpha, score_threshold, threshold_pca):
             with shown_as_error():
-                return workbench.picture(key, path, alpha, score_threshold)
+                return workbench.picture(key, path, alpha, score_threshold, threshold_pca)
 
         def on_attribute(key, path, pixel, chosen, progress=gr.Progress()):  # noqa: B008 (Gradio's idiom)
             progress(0.0, desc=f"{chosen}")
@@ -190,11 +225,14 @@ def build_app(workbench: Workbench) -> gr.Blocks:
 
         segmented = [segmentation, legend, areas, detection_panel, detection_table, notice, image_path]
         segmented += [clicked, layer, head, rollout, block, groups_image, effective_image, groups_text]
-        segmented += [attention_image, click_text]
+        segmented += [attention_image, click_text, foreground, class_token, method, attribute_button]
         ui = {"api_visibility": "private"}
-        upload.change(segment, [model_key, upload, opacity, threshold], segmented, **ui)
+        upload.change(segment, [model_key, upload, opacity, threshold, foreground], segmented, **ui)
         gallery.select(pick_example, None, upload, **ui)
-        opacity.release(on_opacity, [model_key, image_path, opacity, threshold], segmentation, **ui)
+        for control in (opacity, foreground):
+            control.release(
+                on_opacity, [model_key, image_path, opacity, threshold, foreground], segmentation, **ui
+            )
         threshold.release(
             on_threshold,
             [model_key, image_path, opacity, threshold],
@@ -204,19 +242,19 @@ def build_app(workbench: Workbench) -> gr.Blocks:
         segmentation.select(
             on_click,
             [model_key, image_path, layer, head, rollout, block],
-            [clicked, attention_image, click_text, effective_image],
+            [clicked, attention_image, click_text, effective_image, class_token],
             **ui,
         )
         layer.input(
             on_layer,
-            [model_key, image_path, clicked, layer, rollout],
+            [model_key, image_path, clicked, layer, rollout, class_token],
             [head, attention_image, click_text],
             **ui,
         )
-        for control in (head, rollout):
+        for control in (head, rollout, class_token):
             control.input(
                 attention_view,
-                [model_key, image_path, clicked, layer, head, rollout],
+                [model_key, image_path, clicked, layer, head, rollout, class_token],
                 [attention_image, click_text],
                 **ui,
             )
@@ -235,7 +273,7 @@ def build_app(workbench: Workbench) -> gr.Blocks:
         load.click(
             on_load, [checkpoint, model_name, num_classes, image_path], [model_key, report], **ui
         ).then(show_model, model_key, model_card, **ui).then(
-            segment, [model_key, image_path, opacity, threshold], segmented, **ui
+            segment, [model_key, image_path, opacity, threshold, foreground], segmented, **ui
         )
         add_api(app, workbench)
     return app
@@ -244,9 +282,10 @@ def build_app(workbench: Workbench) -> gr.Blocks:
 def add_api(app: gr.Blocks, workbench: Workbench) -> None:
     """``/label_map``, ``/label_png``, ``/attention``, ``/attention_png`` and ``/detections`` for
     ``gradio_client`` (hidden components; the model the app started with). Each refuses the other kind
-    of model in one line. The compact answers carry their PNG inline, base64 in ``"png"``: for
-    ``/attention_png`` with {"scale", "height", "width"} (the distribution is ``png / 65535 * scale``),
-    for ``/label_png`` with the class names and the frame (``apps.handlers``)."""
+    of model in one line (a timm ViT answers the attention ones only). The compact answers carry their
+    PNG inline, base64 in ``"png"``: for ``/attention_png`` with {"scale", "height", "width"} (the
+    distribution is ``png / 65535 * scale``), for ``/label_png`` with the class names and the frame
+    (``apps.handlers``)."""
 
     def label_map(path: str) -> dict:
         with shown_as_error():

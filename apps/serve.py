@@ -4,6 +4,7 @@ line."""
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import socket
 import sys
@@ -16,6 +17,7 @@ import gradio as gr
 from apps.handlers import Workbench
 from apps.layout import build_app
 from apps.settings import Settings
+from apps.store import TIMM
 from workbench.cache import cache_dir
 from workbench.data.examples import EXAMPLES_DIR
 
@@ -31,15 +33,35 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def load_folders(host: str, checkpoint: str | Path, allow_load: Sequence[str] | None) -> tuple[str, ...]:
+def load_folders(
+    host: str, checkpoint: str | Path | None, allow_load: Sequence[str] | None
+) -> tuple[str, ...]:
     """The folders the load box may load from: ``allow_load`` where given (empty: none, loading off);
-    else on 127.0.0.1 the folder holding ``checkpoint`` (a run folder's parent: its sibling runs) and
-    the workbench cache, and nowhere on any other address."""
+    else on 127.0.0.1 the folder holding ``checkpoint`` (a run folder's parent: its sibling runs; none
+    for a timm ViT with random weights) and the workbench cache, and nowhere on any other address."""
     if allow_load is not None:
         return tuple(str(Path(folder).expanduser().resolve()) for folder in allow_load)
     if host != LOCAL:
         return ()
-    return (str(Path(checkpoint).expanduser().resolve().parent), str(cache_dir().resolve()))
+    beside = [str(Path(checkpoint).expanduser().resolve().parent)] if checkpoint else []
+    return (*beside, str(cache_dir().resolve()))
+
+
+def timm_options(text: str | None) -> dict:
+    """``--timm-kwargs``: a JSON object of ``load_vit_predictor`` keywords (timm's ``create_model``
+    kwargs such as ``depth``, plus ``size`` and ``num_classes``); the weights come from --checkpoint."""
+    if not text:
+        return {}
+    try:
+        options = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"--timm-kwargs is not JSON: {error}") from None
+    if not isinstance(options, dict):
+        raise ValueError('--timm-kwargs must be a JSON object, e.g. {"depth": 2, "embed_dim": 48}')
+    taken = sorted({"checkpoint", "device", "precision", "name"} & set(options))
+    if taken:
+        raise ValueError(f"--timm-kwargs: give {', '.join(taken)} with its own flag")
+    return options
 
 
 def read_auth(auth_file: str | Path | None = None) -> list[tuple[str, str]] | None:
@@ -113,25 +135,43 @@ def serve(
     num_classes: int | None = None,
     allow_load: Sequence[str] | None = None,
     auth: list[tuple[str, str]] | None = None,
+    timm_kwargs: dict | None = None,
     **settings,
 ) -> tuple[gr.Blocks, str]:
-    """The app on ``checkpoint``, served in the background at ``host``:``port`` (0: a free port):
-    the Blocks (``close()`` stops it) and its URL. ``allow_load``: as ``load_folders``; ``auth``:
-    users and passwords; ``settings``: other ``Settings`` fields."""
-    settings = Settings(**settings, allow_load=load_folders(host, checkpoint, allow_load))
-    workbench = Workbench(settings, str(checkpoint), model, num_classes)
+    """The app on ``checkpoint`` (with ``model="timm:NAME"``: a timm ViT, ``checkpoint`` its weights
+    file or "" for random ones, ``timm_kwargs`` as ``timm_options``), served in the background at
+    ``host``:``port`` (0: a free port): the Blocks (``close()`` stops it) and its URL. ``allow_load``:
+    as ``load_folders``; ``auth``: users and passwords; ``settings``: other ``Settings`` fields."""
+    settings = Settings(**settings, allow_load=load_folders(host, checkpoint or None, allow_load))
+    workbench = Workbench(settings, str(checkpoint or ""), model, num_classes, timm_kwargs)
     app = build_app(workbench)
     return app, launch(
         app, host, port or free_port(), concurrency, max_upload_mb=settings.max_upload_mb, auth=auth
     )
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument(
-        "--checkpoint", help="run folder, checkpoint or released file (default: the demo model)"
+        "--checkpoint",
+        help="run folder, checkpoint or released file (default: the demo model); with --timm-model "
+        "the ViT's weights file (none: random weights)",
     )
     parser.add_argument("--model", default="", help="segmentor name, for a released checkpoint file")
+    parser.add_argument(
+        "--timm-model",
+        default="",
+        metavar="NAME",
+        help="serve timm plain ViT NAME (e.g. vit_small_patch16_224.dino, vit_small_patch14_reg4_dinov2)",
+    )
+    parser.add_argument(
+        "--timm-kwargs",
+        default=None,
+        metavar="JSON",
+        help='with --timm-model: load_vit_predictor keywords as a JSON object (timm kwargs and "size"), '
+        'e.g. \'{"depth": 2, "embed_dim": 48, "num_heads": 2, "img_size": 56, "size": 56}\' for a tiny '
+        "test model",
+    )
     parser.add_argument("--num-classes", type=int, default=None, help="class count, for a released file")
     parser.add_argument("--config", default="demo_gpvit", help="demo config when no --checkpoint is given")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
@@ -162,25 +202,44 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--max-upload-mb", type=int, default=Settings.max_upload_mb, help="refuse above")
     args = parser.parse_args(argv)
+    if args.timm_kwargs is not None and not args.timm_model:
+        parser.error("--timm-kwargs needs --timm-model")
+    if args.timm_model and args.model:
+        parser.error("give --timm-model NAME or --model NAME, not both")
+    return args
+
+
+def workbench_from_args(args: argparse.Namespace) -> Workbench:
+    """The handlers on the command line's model (the demo model when none is named) and settings."""
     checkpoint = args.checkpoint
-    if checkpoint is None:
+    if checkpoint is None and not args.timm_model:
         from workbench.demo import demo_checkpoint
 
         checkpoint = str(demo_checkpoint(args.config))
+    settings = Settings(
+        args.pixel_budget,
+        args.max_pixels,
+        device=args.device,
+        precision=args.precision,
+        memory_budget_mb=args.memory_budget_mb,
+        allow_load=load_folders(args.host, checkpoint, args.allow_load),
+        max_upload_mb=args.max_upload_mb,
+    )
+    if args.timm_model:
+        options = timm_options(args.timm_kwargs)
+        model = TIMM + args.timm_model.removeprefix(TIMM)
+        return Workbench(settings, checkpoint or "", model, args.num_classes, options)
+    return Workbench(settings, checkpoint, args.model, args.num_classes)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     try:
         auth = read_auth(args.auth_file)
-        settings = Settings(
-            args.pixel_budget,
-            args.max_pixels,
-            device=args.device,
-            precision=args.precision,
-            memory_budget_mb=args.memory_budget_mb,
-            allow_load=load_folders(args.host, checkpoint, args.allow_load),
-            max_upload_mb=args.max_upload_mb,
-        )
-        workbench = Workbench(settings, checkpoint, args.model, args.num_classes)
+        workbench = workbench_from_args(args)
     except (ValueError, OSError) as error:
         sys.exit(f"app: {error}")
+    settings = workbench.settings
     print(workbench.default.report)
     folders = ", ".join(settings.allow_load) or "off (--allow-load DIR ... turns it on)"
     print(f"the model box loads from: {folders}")

@@ -5,7 +5,9 @@ forward pass. The least recently used go first; the app's own model (pinned) nev
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import threading
 from collections import OrderedDict
 from collections.abc import Hashable, Iterable
@@ -20,7 +22,9 @@ from apps.settings import Settings
 from workbench import Predictor
 from workbench import load_predictor as workbench_predictor
 from workbench.data.image import DecodedImage, open_image
+from workbench.inference.build_vit import load_vit_predictor
 from workbench.inference.detection_predictor import DetectionPredictor, Detections
+from workbench.inference.vit_predictor import ViTPredictor
 from workbench.interop.checkpoint import is_checkpoint
 
 LOADING_OFF = (
@@ -29,21 +33,68 @@ LOADING_OFF = (
 )
 # the same words whether the path exists or not: the load box is no oracle of the server's files
 REFUSED = "refused: this app loads models only from the folders it was started with (--allow-load)"
+TIMM = "timm:"  # a model name starting so is a timm ViT: "timm:NAME", its weights file apart or "@FILE"
+# what the model box may pass to a timm ViT; the command line passes any load_vit_predictor keyword
+PAGE_TIMM_OPTIONS = {"num_classes"}
+TIMM_RANDOM_FROM_PAGE = (
+    "give the timm model's weights file too (timm:NAME@FILE, or the file in the checkpoint box): "
+    "random weights only from the command line"
+)
 
 
 @dataclass
 class Loaded:
     """A predictor shared by every user, its lock (one model call at a time) and what loading said.
-    ``key`` names the checkpoint, the model and the class count: what ``Models.find`` reloads it from."""
+    ``key`` names the checkpoint, the model and the class count (a timm ViT's: ``timm_key``): what
+    ``Models.find`` reloads it from."""
 
     key: str
-    predictor: Predictor | DetectionPredictor
+    predictor: Predictor | DetectionPredictor | ViTPredictor
     lock: threading.Lock
     report: str
 
     @property
     def detects(self) -> bool:
         return isinstance(self.predictor, DetectionPredictor)
+
+    @property
+    def vit(self) -> bool:
+        """A timm plain ViT (``ViTPredictor``): a backbone or classifier, no segmentation head."""
+        return isinstance(self.predictor, ViTPredictor)
+
+
+def timm_key(name: str, weights: str | Path | None = None, options: dict | None = None) -> str:
+    """The store's key of timm ViT ``name``: ``timm:NAME``, ``@FILE`` (resolved) where a weights file
+    is given, ``|{json}`` where ``load_vit_predictor`` options (``num_classes``, timm kwargs) are."""
+    key = TIMM + name + (f"@{Path(weights).expanduser().resolve()}" if weights else "")
+    return key + (f"|{json.dumps(options, sort_keys=True)}" if options else "")
+
+
+def parse_timm_key(key: str) -> tuple[str, str | None, dict]:
+    """``timm_key``'s inverse: (name, weights file or None, options)."""
+    if not key.startswith(TIMM):
+        raise ValueError(f"not a timm model key: {key!r}")
+    body, options = key.removeprefix(TIMM), {}
+    head, _, tail = body.rpartition("|")
+    if head and tail.startswith("{"):
+        with contextlib.suppress(json.JSONDecodeError):  # else a "|" in the file's path, no options
+            body, options = head, json.loads(tail)
+    name, _, weights = body.partition("@")  # timm names hold no "@"
+    return name, weights or None, options
+
+
+def timm_model(model: str, checkpoint: str = "") -> tuple[str, str] | None:
+    """The model box's timm ViT: (name, weights file or "") from ``timm:NAME`` in the model box (the
+    file in the checkpoint box) or ``timm:NAME[@FILE]`` in the checkpoint box; None for the others."""
+    if model.startswith(TIMM):
+        name, weights = model.removeprefix(TIMM), checkpoint
+    elif checkpoint.startswith(TIMM):
+        name, _, weights = checkpoint.removeprefix(TIMM).partition("@")
+    else:
+        return None
+    if not name.strip():
+        raise ValueError("give the timm model's name after timm:, e.g. timm:vit_small_patch16_224.dino")
+    return name.strip(), weights.strip()
 
 
 def load_predictor(
@@ -175,16 +226,38 @@ class Models:
         path = Path(checkpoint).expanduser().resolve()
         return self._load(path, model, num_classes, pinned=True)
 
+    def pin_timm(self, name: str, weights: str | None = None, options: dict | None = None) -> Loaded:
+        """The app's own timm ViT, from its command line: ``weights`` a file or None (random weights),
+        ``options`` any ``load_vit_predictor`` keywords (timm kwargs too); no folder check."""
+        return self._load_timm(name, weights or None, dict(options or {}), pinned=True)
+
     def get(self, checkpoint: str, model: str = "", num_classes: int | None = None) -> Loaded:
         """The model of ``checkpoint`` (a path in the folders ``Settings.allow_load`` names), loaded
-        if it is not held."""
+        if it is not held; a timm ViT for ``timm:NAME`` (``timm_model``), its weights file likewise."""
+        timm = timm_model(model, checkpoint)
+        if timm is not None:
+            return self.get_timm(*timm, {"num_classes": num_classes} if num_classes else {})
         return self._load(loadable(checkpoint, self.settings.allow_load), model, num_classes)
+
+    def get_timm(self, name: str, weights: str | None, options: dict) -> Loaded:
+        """Timm ViT ``name`` with the weights file ``weights`` (in the allowed folders; the page builds
+        no random-weight models: their size is the asker's choice) and the page's ``options`` only."""
+        if not self.settings.allow_load:
+            raise ValueError(LOADING_OFF)
+        if not weights:
+            raise ValueError(TIMM_RANDOM_FROM_PAGE)
+        path = loadable(weights, self.settings.allow_load)
+        if set(options) - PAGE_TIMM_OPTIONS:
+            raise ValueError("unknown model: load it in the model box")
+        return self._load_timm(name, str(path), options)
 
     def find(self, key: str) -> Loaded:
         """The model of ``key`` (a ``Loaded.key``), loaded again if it was dropped to make room."""
         loaded = self.memory.get(key)
         if loaded is not None:
             return loaded
+        if key.startswith(TIMM):
+            return self.get_timm(*parse_timm_key(key))
         try:
             checkpoint, model, classes = key.rsplit("|", 2)
             num_classes = int(classes) if classes else None
@@ -193,7 +266,24 @@ class Models:
         return self.get(checkpoint, model, num_classes)
 
     def _load(self, path: Path, model: str, num_classes: int | None, pinned: bool = False) -> Loaded:
-        key = f"{path}|{model}|{num_classes or ''}"
+        def build() -> tuple[Predictor | DetectionPredictor, str]:
+            settings = self.settings
+            predictor = load_predictor(
+                str(path), model, num_classes, device=settings.device, precision=settings.precision
+            )
+            return predictor, "\n".join(
+                [
+                    str(predictor.load_report),
+                    f"device {predictor.device}, precision {predictor.precision.name} "
+                    f"({predictor.precision.reason}), {predictor.num_classes} classes",
+                ]
+            )
+
+        return self._once(f"{path}|{model}|{num_classes or ''}", build, pinned)
+
+    def _once(self, key: str, build, pinned: bool) -> Loaded:
+        """The model of ``key``, held or built by ``build() -> (predictor, report)``: one build per key
+        (those asking meanwhile wait for it and find it held), outside the store's lock."""
         loaded = self.memory.get(key)
         if loaded is not None:
             return loaded
@@ -204,17 +294,7 @@ class Models:
                 loaded = self.memory.get(key)
                 if loaded is not None:
                     return loaded
-                settings = self.settings
-                predictor = load_predictor(
-                    str(path), model, num_classes, device=settings.device, precision=settings.precision
-                )
-                report = "\n".join(
-                    [
-                        str(predictor.load_report),
-                        f"device {predictor.device}, precision {predictor.precision.name} "
-                        f"({predictor.precision.reason}), {predictor.num_classes} classes",
-                    ]
-                )
+                predictor, report = build()
                 loaded = Loaded(key, predictor, threading.Lock(), report)
                 module = predictor.model
                 self.memory.put(key, loaded, nbytes(*module.parameters(), *module.buffers()), pinned=pinned)
@@ -224,11 +304,32 @@ class Models:
                 if self._loading.get(key) is load_lock:
                     del self._loading[key]
 
+    def _load_timm(self, name: str, weights: str | None, options: dict, pinned: bool = False) -> Loaded:
+        key = timm_key(name, weights, options)
+
+        def build() -> tuple[ViTPredictor, str]:
+            settings = self.settings
+            predictor = load_vit_predictor(
+                name, weights, device=settings.device, precision=settings.precision, **options
+            )
+            classes = f"{predictor.num_classes} classes" if predictor.num_classes else "no classifier"
+            source = f"weights from {weights}" if weights else (predictor.note or "timm's release")
+            return predictor, "\n".join(
+                [
+                    f"timm {name}: {source}",
+                    f"device {predictor.device}, precision {predictor.precision.name} "
+                    f"({predictor.precision.reason}), {classes}, input short side {predictor.size} px",
+                ]
+            )
+
+        return self._once(key, build, pinned)
+
 
 @dataclass
 class Entry:
-    """One image with a model: the image as read and the predictor's explain session (its prediction),
-    or a detector's detections (every one the detector keeps: a threshold filters them later)."""
+    """One image with a model: the image as read and the predictor's explain session (its prediction;
+    a ViT's ``ViTSession``), or a detector's detections (every one the detector keeps: a threshold
+    filters them later)."""
 
     decoded: DecodedImage
     session: Any
@@ -250,7 +351,11 @@ class Entry:
         if isinstance(session, Detections):
             held = [session.boxes, session.labels, session.scores, session.masks]
         else:
-            held = [session.image, session.prediction.labels, session.prediction.probs]
+            prediction = session.prediction  # a Prediction's labels, a ViTDescription's features
+            held = [
+                session.image,
+                *(getattr(prediction, name, None) for name in ("labels", "probs", "features")),
+            ]
             held += [tensor for site in session.cached.values() for tensor in (site.q, site.k, site.mask)]
         return nbytes(self.decoded.pixels, *held)
 
@@ -283,6 +388,8 @@ class Sessions:
         with loaded.lock:
             if loaded.detects:
                 entry = Entry(decoded, loaded.predictor(decoded.pixels, score_threshold=0.0))
+            elif loaded.vit:
+                entry = Entry(decoded, loaded.predictor.open(decoded.pixels))
             else:
                 entry = Entry(decoded, loaded.predictor.open(decoded.pixels, probs=False))  # labels suffice
         self.memory.put(key, entry, entry.nbytes(), owner=loaded.key)

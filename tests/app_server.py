@@ -1,4 +1,5 @@
-"""What the app's tests share: a tiny checkpoint, a free port on 127.0.0.1, the app serving on it."""
+"""What the app's tests share: a tiny checkpoint, a free port on 127.0.0.1, the app serving on it (on a
+checkpoint or a tiny timm ViT)."""
 
 from __future__ import annotations
 
@@ -24,9 +25,17 @@ def tiny_checkpoint(folder: Path, config: str = "tiny_gpvit") -> Path:
 
 
 @contextmanager
-def serving(checkpoint: Path, concurrency: int = 2, **settings) -> Iterator[tuple[str, Workbench]]:
-    """The app on ``checkpoint`` at a free 127.0.0.1 port (fp32, so labels match a plain Predictor)."""
-    workbench = Workbench(Settings(**{"precision": "fp32", **settings}), str(checkpoint))
+def serving(
+    checkpoint: Path | str,
+    concurrency: int = 2,
+    model: str = "",
+    timm_kwargs: dict | None = None,
+    **settings,
+) -> Iterator[tuple[str, Workbench]]:
+    """The app on ``checkpoint`` at a free 127.0.0.1 port (fp32, so labels match a plain Predictor);
+    ``model="timm:NAME"``: a timm ViT, ``checkpoint`` its weights file ("": random) and ``timm_kwargs``."""
+    settings = Settings(**{"precision": "fp32", **settings})
+    workbench = Workbench(settings, str(checkpoint), model, timm_options=timm_kwargs)
     app = build_app(workbench)
     url = launch(app, "127.0.0.1", free_port(), concurrency)
     try:
