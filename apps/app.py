@@ -4,6 +4,8 @@
     python apps/app.py --checkpoint runs/demo_gpvit         # a run folder or a converted checkpoint
     python apps/app.py --checkpoint runs/demo_detection     # a detection run: its detections drawn, listed
     python apps/app.py --checkpoint gpvit_l1.pth --model gpvit_l1_upernet --num-classes 150
+    python apps/app.py --timm-model vit_small_patch14_reg4_dinov2 --checkpoint dinov2.pth   # any timm ViT:
+                                                            # PCA of patch features, clicks, class-token maps
     python apps/app.py --host 0.0.0.0 --port 8080 --auth-file users.txt   # beyond this machine, with a
                                                             # login; page loading off unless --allow-load DIR
 
@@ -14,7 +16,8 @@ the server (``serve``). Each checkpoint is loaded once and its model shared by e
 segmentation runs the backbone once (``Predictor.set_image``) and keeps the session (``Sessions``:
 bounded, keyed by the model and the file's bytes), so a click computes only that pixel's attention row.
 A detection run (``DetectionPredictor``) shows its detections drawn and listed instead; the explain tabs
-apply to segmentors. Model calls (segmentations, attributions) take the model's lock one at a time,
+apply to segmentors. A timm ViT (``ViTPredictor``) shows the PCA of its patch features and its
+classifier's top five, and answers clicks, class-token maps and relevance (``vit_handlers``). Model calls (segmentations, attributions) take the model's lock one at a time,
 clicks none; the Gradio queue bounds how many requests run at once. API for ``gradio_client``:
 ``/label_map`` (image file -> labels), ``/label_png`` (the same labels as an inline PNG),
 ``/attention`` (image file, y, x, layer, head -> that pixel's attention, a distribution over the image's

@@ -105,7 +105,9 @@ class ViTPredictor(SessionQueries):
         array = read_image(image)
         fixed = self.model.fixed_input_size
         size = fixed or input_size(array.shape[:2], self.size, self.model.patch_size)
-        pixels = torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)[None].float() / 255
+        pixels = (
+            torch.from_numpy(array if array.flags.writeable else array.copy()).permute(2, 0, 1)[None] / 255
+        )
         mode = self.interpolation if self.interpolation in ("bilinear", "bicubic") else "bilinear"
         pixels = F.interpolate(pixels, size=size, mode=mode, antialias=True, align_corners=False)
         mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (self.mean, self.std))
