@@ -89,6 +89,13 @@ TINY: dict[str, dict] = {
         "SUMMARY_IMAGES": 2,
     },
     "08_pretrained_weights": {"TINY": True, "STANDIN_DIR": "{tmp}/standin"},
+    "09_any_vit": {
+        "TIMM_KWARGS": {"depth": 2, "embed_dim": 48, "num_heads": 2},
+        "SIZE": 112,
+        "HEAD_STEPS": 2,
+        "HEAD_SIZE": 56,
+        "INTERACTIVE": False,
+    },
 }
 
 
