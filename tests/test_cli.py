@@ -14,8 +14,9 @@ from PIL import Image
 
 from workbench import cli
 from workbench.build import build_model
-from workbench.cli import _output_names, build_parser, main
+from workbench.cli import build_parser, main
 from workbench.config import load_config, resolve_config
+from workbench.inference.folder import output_names
 from workbench.interop.checkpoint import save_weights
 from workbench.models import model_info
 from workbench.models.complexity import build_on_meta, count_params
@@ -143,7 +144,7 @@ def test_the_demo_preset_resolves_from_any_folder(tmp_path, monkeypatch):
 
 def test_output_names_tell_images_of_the_same_name_apart(tmp_path):
     def names(*paths: str) -> list[str]:
-        return _output_names([tmp_path / path for path in paths])
+        return output_names([tmp_path / path for path in paths])
 
     assert names("a/x.jpg", "b/x.jpg", "y.jpg") == ["a_x", "b_x", "y"]
     assert names("a/c/x.jpg", "b/c/x.jpg") == ["a_c_x", "b_c_x"]
@@ -156,34 +157,24 @@ def test_output_names_tell_images_of_the_same_name_apart(tmp_path):
 def test_predict_never_overwrites_and_names_do_not_collide(tmp_path, checkpoint):
     first, second = _photo(tmp_path / "a" / "x.png", 0), _photo(tmp_path / "b" / "x.png", 1)
     out = tmp_path / "out"
-    assert main(["predict", str(first), str(second), "--checkpoint", str(checkpoint), "--out", str(out)]) == 0
-    written = {path.name: path.read_bytes() for path in out.iterdir()}
+    both = [str(first), str(second), "--checkpoint", str(checkpoint), "--out", str(out), "--overlays"]
+    assert main(["predict", *both]) == 0
+    written = {path.name: path.read_bytes() for path in out.glob("*.png")}
     assert set(written) == {f"{n}_{k}.png" for n in ("a_x", "b_x") for k in ("mask", "overlay", "labels")}
     assert written["a_x_overlay.png"] != written["b_x_overlay.png"]  # two images, two results
+    assert main(["predict", *both]) == 0  # the same images again: complete, skipped, untouched
+    assert all((out / name).read_bytes() == data for name, data in written.items())
 
     _photo(first, 2)  # a new photo under the same name: its results must not replace the old ones
     # Alone, a/x.png is "x": no clash with "a_x".
     assert main(["predict", str(first), "--checkpoint", str(checkpoint), "--out", str(out)]) == 0
-    done = run_cli("predict", str(first), str(second), "--checkpoint", str(checkpoint), "--out", str(out))
-    assert_one_line_error(done, str(out / "a_x_mask.png"), "exists", "--overwrite")
+    done = run_cli("predict", *both)
+    assert_one_line_error(done, str(out / "a_x_labels.png"), "exists", "--overwrite")
     assert all((out / name).read_bytes() == data for name, data in written.items())
 
-    assert (
-        main(
-            [
-                "predict",
-                str(first),
-                str(second),
-                "--checkpoint",
-                str(checkpoint),
-                "--out",
-                str(out),
-                "--overwrite",
-            ]
-        )
-        == 0
-    )
+    assert main(["predict", *both, "--overwrite"]) == 0
     assert (out / "a_x_overlay.png").read_bytes() != written["a_x_overlay.png"]
+    assert (out / "b_x_overlay.png").read_bytes() == written["b_x_overlay.png"]  # same photo, same result
 
 
 def test_predict_reads_16_bit_images_scaled_like_their_8_bit_twin(tmp_path, checkpoint):
@@ -193,7 +184,8 @@ def test_predict_reads_16_bit_images_scaled_like_their_8_bit_twin(tmp_path, chec
     Image.fromarray(grey.astype(np.uint8)).save(tmp_path / "flat.png")
     assert Image.open(tmp_path / "deep.png").mode == "I;16"
     images = [str(tmp_path / "deep.png"), str(tmp_path / "flat.png")]
-    assert main(["predict", *images, "--checkpoint", str(checkpoint), "--out", str(tmp_path / "out")]) == 0
+    out = ["--out", str(tmp_path / "out"), "--overlays"]
+    assert main(["predict", *images, "--checkpoint", str(checkpoint), *out]) == 0
     for kind in ("overlay", "labels"):
         deep, flat = (np.asarray(Image.open(tmp_path / "out" / f"{n}_{kind}.png")) for n in ("deep", "flat"))
         np.testing.assert_array_equal(deep, flat)

@@ -12,7 +12,6 @@ import argparse
 import os
 import sys
 import tempfile
-from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -70,104 +69,29 @@ def _check_writable(folder: Path, what: str) -> None:
         raise ValueError(f"{what} {folder}: cannot write in {existing} ({error.strerror})") from error
 
 
-def _output_names(images: Sequence[Path]) -> list[str]:
-    """A distinct output name per image: its stem, prefixed by as many parent folders as it takes to
-    tell it from the other images (a/x.jpg, b/x.jpg -> a_x, b_x); x.jpg beside x.png -> x_jpg, x_png."""
-    resolved = [path.resolve() for path in images]
-    twice = [path for path, count in Counter(resolved).items() if count > 1]
-    if twice:
-        raise ValueError(f"image {twice[0]} is given twice")
-    same_stem = Counter((path.parent, path.stem) for path in resolved)
-    keys = [
-        (
-            *path.parent.parts[1:],
-            path.stem if same_stem[path.parent, path.stem] == 1 else path.name.replace(".", "_"),
-        )
-        for path in resolved
-    ]
-    names = []
-    for index, key in enumerate(keys):
-        others = keys[:index] + keys[index + 1 :]
-        depth = 1
-        while any(other[-depth:] == key[-depth:] for other in others):
-            depth += 1
-        names.append("_".join(key[-depth:]))
-    # A stem that spells another image's folder_stem (c/a_x.jpg beside a/x.jpg): number the clash.
-    clashes = Counter(names)
-    return [f"{name}_{index}" if clashes[name] > 1 else name for index, name in enumerate(names)]
-
-
-_PREDICTION_FILES = ("mask", "overlay", "labels")  # colour mask, mask over the photo, class indices
-
-
 def _predict(args: argparse.Namespace) -> None:
-    from PIL import Image
-
-    from workbench.data.image import label_png_array, read_image
+    from workbench.engine.distributed import process_group
     from workbench.inference import load_predictor
+    from workbench.inference.folder import list_images, predict_folder
 
-    images = [Path(path) for path in args.images]
-    missing = [path for path in images if not path.is_file()]
-    if missing:
-        raise FileNotFoundError(f"image {missing[0]} does not exist")
+    list_images(args.sources)  # a missing image or an empty folder: refused before loading the model
     out = Path(args.out)
     _check_writable(out, "--out")
-    names = _output_names(images)
-    if _is_detection_run(args.checkpoint):
-        _predict_detections(args, images, names, out)
-        return
-    _refuse_existing(
-        [out / f"{name}_{kind}.png" for name in names for kind in _PREDICTION_FILES], args.overwrite
-    )
-    predictor = load_predictor(args.checkpoint)
-    out.mkdir(parents=True, exist_ok=True)
-    for path, name in zip(images, names, strict=True):
-        image = read_image(path)
-        prediction = predictor(image)
-        arrays = (
-            prediction.colorize(),
-            prediction.overlay(image),
-            label_png_array(prediction.labels, predictor.num_classes),
+    with process_group() as (rank, world, device):
+        # Under torchrun each process takes its own GPU (LOCAL_RANK) unless told otherwise.
+        chosen = str(device) if world > 1 and args.device in (None, "cuda") else args.device
+        predictor = load_predictor(args.checkpoint, device=chosen, precision=args.precision)
+        summary = predict_folder(
+            predictor,
+            args.sources,
+            out,
+            batch=args.batch,
+            workers=args.workers,
+            overlays=args.overlays,
+            overwrite=args.overwrite,
         )
-        for kind, array in zip(_PREDICTION_FILES, arrays, strict=True):
-            Image.fromarray(array).save(out / f"{name}_{kind}.png")
-        print(f"{path} -> {out / name}_{{{','.join(_PREDICTION_FILES)}}}.png")
-
-
-def _refuse_existing(files: list[Path], overwrite: bool) -> None:
-    """Predictions never overwrite files silently: a one-line error names the first one there is."""
-    existing = [path for path in files if path.exists()]
-    if existing and not overwrite:
-        more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
-        raise ValueError(f"{existing[0]} exists{more}; pass --overwrite to replace, or choose another --out")
-
-
-def _is_detection_run(checkpoint: str) -> bool:
-    from workbench.interop.checkpoint import checkpoint_config
-
-    return checkpoint_config(checkpoint).task == "detection"
-
-
-def _predict_detections(args: argparse.Namespace, images: list[Path], names: list[str], out: Path) -> None:
-    """Detections drawn on each image (boxes, masks, "class score") and listed in a json file."""
-    import json
-
-    from PIL import Image
-
-    from workbench.data.image import read_image
-    from workbench.inference import load_predictor
-
-    _refuse_existing(
-        [out / f"{name}_detections.{suffix}" for name in names for suffix in ("png", "json")], args.overwrite
-    )
-    predictor = load_predictor(args.checkpoint)
-    out.mkdir(parents=True, exist_ok=True)
-    for path, name in zip(images, names, strict=True):
-        image = read_image(path)
-        detections = predictor(image)
-        Image.fromarray(detections.draw(image)).save(out / f"{name}_detections.png")
-        (out / f"{name}_detections.json").write_text(json.dumps(detections.to_json(), indent=1))
-        print(f"{path} -> {out / name}_detections.{{png,json}} ({len(detections.labels)} detections)")
+        if rank == 0:
+            print(summary)
 
 
 def _convert(args: argparse.Namespace) -> None:
@@ -341,11 +265,16 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
 
     predict = command(
         "predict",
-        "Segment images: write a colour mask, an overlay and a label map (PNG) per image.",
-        "workbench predict photos/*.jpg --checkpoint runs/demo_gpvit --out predictions",
+        "Segment or detect in every image of folders, globs or files: label PNGs (or COCO detection "
+        "results), optional overlays, an index; resumable, sharded across torchrun processes.",
+        "workbench predict photos/ --checkpoint runs/demo_gpvit --out predictions --batch 8 --workers 2",
     )
     predict.add_argument(
-        "images", nargs="+", help="image files (any format and mode PIL reads; EXIF orientation applied)"
+        "sources",
+        nargs="+",
+        metavar="DIR_OR_GLOB_OR_FILE",
+        help="folders (searched recursively), quoted globs ('photos/**/*.jpg') or image files (any "
+        "format and mode PIL reads; EXIF orientation applied)",
     )
     predict.add_argument(
         "--checkpoint", required=True, help="a checkpoint folder, or a run folder (its newest checkpoint)"
@@ -353,11 +282,30 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     predict.add_argument(
         "--out",
         default="predictions",
-        help="output folder; files are named IMAGE_{mask,overlay,labels}.png, with parent folders "
-        "added to tell apart images of the same name",
+        help="output folder: IMAGE_labels.png (or IMAGE_detections.json and one detections.json in COCO "
+        "results format), index.json and index.csv; parent folders are added to names to tell apart "
+        "images of the same name",
     )
     predict.add_argument(
-        "--overwrite", action="store_true", help="replace outputs that exist (refused otherwise)"
+        "--batch", type=int, default=1, help="images per forward (segmentors stack same-size test views)"
+    )
+    predict.add_argument("--device", help="cpu, cuda or cuda:N (default: the GPU when there is one)")
+    predict.add_argument(
+        "--precision", default="fp32", choices=["auto", "fp32", "bf16", "fp16"], help="autocast precision"
+    )
+    predict.add_argument("--workers", type=int, default=0, help="processes decoding images (0: this one)")
+    predict.add_argument(
+        "--overlays",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also write IMAGE_mask.png and IMAGE_overlay.png (a detection run: IMAGE_detections.png, "
+        "the detections drawn); --no-overlays writes the labels (or detections) alone",
+    )
+    predict.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="redo images whose outputs exist (complete ones are skipped; files not written for an image "
+        "by an earlier run are refused otherwise)",
     )
 
     convert = command(

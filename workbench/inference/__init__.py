@@ -9,6 +9,7 @@ ViTPredictor(timm_vit).open(photo).class_attention()          # any timm ViT: DI
 from workbench.inference.build import load_predictor, load_run
 from workbench.inference.build_vit import create_vit, load_vit_predictor
 from workbench.inference.detection_predictor import DetectionPredictor, Detections
+from workbench.inference.folder import FolderSummary, predict_folder
 from workbench.inference.predictor import Prediction, Predictor
 from workbench.inference.protocol import ImagePredictor
 from workbench.inference.recipes import recipe_for
@@ -18,6 +19,7 @@ from workbench.inference.vit_predictor import ViTDescription, ViTPredictor, ViTS
 __all__ = [
     "DetectionPredictor",
     "Detections",
+    "FolderSummary",
     "ImagePredictor",
     "Prediction",
     "Predictor",
@@ -29,5 +31,6 @@ __all__ = [
     "load_predictor",
     "load_run",
     "load_vit_predictor",
+    "predict_folder",
     "recipe_for",
 ]
