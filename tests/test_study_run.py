@@ -63,3 +63,16 @@ def test_unknown_study_and_no_model_are_refused(checkpoints, tmp_path):
     with pytest.raises(ValueError, match="at least one model"):
         run_study("lens", [], tmp_path)
     assert set(STUDIES) == {"cka", "probes", "ablation", "lens", "statistics"}
+
+
+def test_the_command_line_runs_a_study(checkpoints, tmp_path, capsys):
+    from workbench.cli import main
+
+    out = tmp_path / "probes"
+    argv = ["study", "probes", "--models", str(checkpoints[0]), "--out", str(out), "--count", "2"]
+    assert main([*argv, "--steps", "2", "--batch-size", "2"]) == 0
+    rows = _rows(out / "tiny_setr" / "table.csv")
+    assert rows and {"layer", "mIoU"} <= set(rows[0])
+    assert "1 table(s) written" in capsys.readouterr().out
+    assert main([*argv, "--steps", "3", "--batch-size", "2"]) == 2  # other settings, same folder
+    assert "holds a study with other settings (steps)" in capsys.readouterr().err

@@ -150,6 +150,30 @@ def _converted_config(info: ModelInfo, kwargs: dict, classes: int, dataset: str 
     return cfg, recipe
 
 
+def _study(args: argparse.Namespace) -> None:
+    from workbench.studies.run import run_study
+
+    models = [_study_model(source) for source in args.models]
+    options = {"count": args.count, "precision": args.precision}
+    if args.study in ("cka", "probes", "statistics"):  # ablation and lens draw nothing at random
+        options["seed"] = args.seed
+    if args.batch_size:
+        options["batch_size"] = args.batch_size
+    if args.study == "probes":
+        options["steps"] = args.steps
+    tables = run_study(args.study, models, args.out, data=args.data, overwrite=args.overwrite, **options)
+    print(f"{args.study}: {len(tables)} table(s) written into {args.out}")
+
+
+def _study_model(source: str) -> str:
+    """A run folder or checkpoint as given, or a demo config's name (demo_setr): its trained model."""
+    if Path(source).exists() or not source.startswith("demo_"):
+        return source
+    from workbench.demo import demo_checkpoint
+
+    return str(demo_checkpoint(source))
+
+
 def _demo(args: argparse.Namespace) -> None:
     from workbench.demo import demo_checkpoint, demo_metrics
 
@@ -344,6 +368,32 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         help="model build argument (YAML value), repeatable, e.g. aux_convs=2",
     )
 
+    study = command(
+        "study",
+        "Measure trained models: layer CKA, linear probes, head ablation, layer-wise decoding or "
+        "attention statistics; a table and a figure per model in a run-style folder (resumable).",
+        "workbench study probes --models runs/demo_setr runs/demo_gpvit --out studies/probes --count 32",
+    )
+    study.add_argument("study", choices=["cka", "probes", "ablation", "lens", "statistics"])
+    study.add_argument(
+        "--models",
+        nargs="+",
+        required=True,
+        help="run folders or checkpoints, or demo config names (demo_setr: the trained demo model)",
+    )
+    study.add_argument(
+        "--out", required=True, help="the study's folder (study.yaml, MODEL/table.csv, figure.png)"
+    )
+    study.add_argument("--data", help="a config whose data set to use (default: each model's own, val split)")
+    study.add_argument("--count", type=int, help="images to measure on (default: the whole split)")
+    study.add_argument("--batch-size", type=int, help="images per forward (default: the study's)")
+    study.add_argument("--steps", type=int, default=200, help="probes: training steps per probe")
+    study.add_argument("--precision", default="fp32", choices=["auto", "fp32", "bf16", "fp16"])
+    study.add_argument("--seed", type=int, default=0, help="token draws, probe batches, bootstrap")
+    study.add_argument(
+        "--overwrite", action="store_true", help="measure afresh into a folder that has a study"
+    )
+
     demo = command(
         "demo",
         "Train the demo model on the generated demo set (once, cached) and evaluate it.",
@@ -438,6 +488,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "predict": _predict,
         "convert": _convert,
         "demo": _demo,
+        "study": _study,
         "bench": _bench,
     }
     try:

@@ -50,7 +50,9 @@ def _cka(model, train_set, val_set, options):
 
 
 def _probes(model, train_set, val_set, options):
-    return layer_probes(model, train_set, val_set, **options)
+    options = dict(options)
+    count = options.pop("count", None)  # as many training as validation images
+    return layer_probes(model, train_set, val_set, train_count=count, val_count=count, **options)
 
 
 def _ablation(model, train_set, val_set, options):
