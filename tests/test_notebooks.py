@@ -96,6 +96,15 @@ TINY: dict[str, dict] = {
         "HEAD_SIZE": 56,
         "INTERACTIVE": False,
     },
+    "10_studies": {
+        "MODELS": {"SETR": "tiny_setr", "GPViT": "tiny_gpvit", "HLG": "tiny_hlg"},
+        "TRAINED": False,
+        "COUNT": 4,
+        "STEPS": 5,
+        "PROBE_BATCH": 2,
+        "PIXEL_MODEL": "SETR",
+        "VIT_KWARGS": {"depth": 2, "embed_dim": 48, "num_heads": 2},
+    },
 }
 
 
