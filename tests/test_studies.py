@@ -266,3 +266,32 @@ def test_attention_statistics_with_bootstrap_intervals(gpvit, val_set):
             assert row.mean == pytest.approx(float(distances[row.site][row.head]), rel=1e-5)
     assert table == attention_statistics(gpvit, val_set, count=6, batch_size=3, resamples=200, progress=False)
     assert isinstance(statistics_figure(table, "entropy"), Figure)
+
+
+def test_a_timm_vit_takes_the_studies_that_read_layers_and_refuses_the_lens(val_set):
+    """An ExplainedViT (any timm ViT): CKA and statistics read its blocks, probes take the data set's
+    classes (DINOv2's linear protocol), a last minibatch too small for the unbiased HSIC is left out,
+    and the lens says in one line why it does not apply."""
+    from workbench.inference import load_vit_predictor
+
+    vit = load_vit_predictor("vit_small_patch16_224.dino", depth=2, embed_dim=32, num_heads=2).model
+    table = layer_cka(vit, val_set, count=9, batch_size=4, progress=False)  # batches of 4, 4 and 1
+    assert [row.layer_x for row in table] == ["blocks.0", "blocks.0", "blocks.1", "blocks.1"]
+    assert table[0].cka == pytest.approx(1.0)
+    with pytest.raises(ValueError, match=r"no classes of its own .*: pass num_classes"):
+        layer_probes(vit, val_set, val_set, steps=1, progress=False)
+    probes = layer_probes(
+        vit,
+        val_set,
+        val_set,
+        num_classes=6,
+        steps=2,
+        batch_size=2,
+        train_count=2,
+        val_count=2,
+        progress=False,
+    )
+    assert probes.column("layer") == ["blocks.0", "blocks.1"]
+    assert len(attention_statistics(vit, val_set, count=2, resamples=20, progress=False)) == 2 * 2 * 2
+    with pytest.raises(ValueError, match="has no head to apply"):
+        layer_decoding(vit, val_set, count=1, progress=False)

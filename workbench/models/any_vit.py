@@ -246,6 +246,7 @@ class ExplainedViT(nn.Module):
         self.num_classes = getattr(vit, "num_classes", 0)
         self.pretrained_cfg = dict(getattr(vit, "pretrained_cfg", None) or {})
         self.dynamic_img_size = bool(getattr(vit, "dynamic_img_size", False))
+        self.size_divisor = self.patch_size  # ``pad_for`` pads inputs to whole patches
         self._handles = install_probes(vit)
 
     def remove(self) -> None:

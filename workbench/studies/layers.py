@@ -9,7 +9,7 @@
   per layer, ``stages.<s>.<i>`` (B, C_s, H / 2^(s+2), W / 2^(s+2)), before the stage's norm.
 
 A segmentor's (or detector's) layers are its ``backbone``'s; a timm classifier is its own backbone
-(inside a ``Classifier`` wrapper, its ``model``).
+(inside a ``Classifier`` wrapper, its ``model``; inside an ``ExplainedViT``, its ``vit``).
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ def backbone_of(model: nn.Module) -> nn.Module:
     ``model`` itself."""
     if hasattr(model, "backbone"):
         return model.backbone
+    if hasattr(model, "vit"):  # an ExplainedViT: the timm ViT it explains
+        return model.vit
     inner = getattr(model, "model", None)
     return inner if isinstance(inner, nn.Module) else model
 

@@ -48,15 +48,22 @@ def _channels_last_norm(norm: nn.Module, feature_map: torch.Tensor) -> torch.Ten
     return norm(feature_map.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
 
-def lens_logits(model: nn.Module, images: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Logits (B, K, H, W) at the input's resolution decoded from every backbone layer of a segmentor
-    ``model`` for ``images`` (B, C, H, W) on its device, padded as it needs (module docstring)."""
+def check_decodable(model: nn.Module) -> None:
+    """Refuse, in one line saying why, a model whose earlier layers its head cannot read."""
     backbone = getattr(model, "backbone", None)
     if backbone is None or not hasattr(backbone, "out_indices") or not hasattr(backbone, "blocks"):
         raise ValueError(
             f"{type(model).__name__}: layer-wise decoding needs a segmentor whose backbone layers share "
-            "the head's width and stride (SETR, GPViT); HLG's stages differ in both, so it does not apply"
+            "the head's width and stride (SETR, GPViT); HLG's stages differ in both, and a backbone "
+            "without a segmentation head (a timm ViT) has no head to apply"
         )
+
+
+def lens_logits(model: nn.Module, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Logits (B, K, H, W) at the input's resolution decoded from every backbone layer of a segmentor
+    ``model`` for ``images`` (B, C, H, W) on its device, padded as it needs (module docstring)."""
+    check_decodable(model)
+    backbone = model.backbone
     features = list(layer_features(model, images).items())
     taps = list(backbone.out_indices)
     decoded = {}
@@ -94,6 +101,7 @@ def layer_decoding(
     """``lens_logits`` over the first ``count`` images of ``dataset`` (all by default), scored as the
     evaluation scores (logits resized to the labels, ignore index left out): a Table of ``LensRow``,
     input to output. The model runs in eval mode (its own restored), under ``precision``."""
+    check_decodable(model)
     matrices: dict[str, ConfusionMatrix] = {}
     same: dict[str, int] = {}
     labelled = 0

@@ -131,6 +131,7 @@ def layer_probes(
     val_set: Any,
     *,
     layers: list[str] | None = None,
+    num_classes: int | None = None,
     batch_norm: bool = False,
     steps: int = 200,
     lr: float = 1e-3,
@@ -145,8 +146,13 @@ def layer_probes(
     trained ``steps`` steps of ``batch_size`` images drawn (seed ``seed``) from the first
     ``train_count`` items of ``train_set`` (as it gives them: a split with a random training
     transform makes the run depend on it too), scored on the first ``val_count`` of ``val_set``. The model runs frozen in eval mode under ``precision``; the probes train in fp32 on
-    its device. Returns a Table of ``ProbeRow``, input to output."""
-    num_classes = model.num_classes
+    its device. ``num_classes``: the data set's (default: the model's; a backbone such as a timm ViT
+    has none). Returns a Table of ``ProbeRow``, input to output."""
+    num_classes = num_classes or getattr(model, "num_classes", 0)
+    if not num_classes:
+        raise ValueError(
+            f"{type(model).__name__} has no classes of its own (a backbone): pass num_classes, the data set's"
+        )
     device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(seed)
     train_indices = chosen_indices(train_set, train_count)

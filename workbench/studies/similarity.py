@@ -166,7 +166,8 @@ def layer_cka(
     images per forward on each model's device under ``precision``.
 
     ``minibatch`` (default): minibatch CKA with one minibatch per forward (``batch_size`` images, or
-    their tokens; more than 3 rows each), memory independent of the data set; False: exact linear CKA
+    their tokens; more than 3 rows each: a smaller last one is left out), memory independent of the
+    data set; False: exact linear CKA
     of all the rows, kept on the CPU (n x C per layer). ``features``: "pooled" or "tokens" (the module
     docstring); ``seed`` draws the token pixels. Returns a Table of ``CKARow``, layer_x-major."""
     if features not in FEATURES:
@@ -188,6 +189,8 @@ def layer_cka(
                 maps = layer_features(current, images)
             on = None if points is None else points.to(images.device)
             per_model.append(_rows(maps, features, on, tuple(images.shape[-2:])))
+        if minibatch and next(iter(per_model[0].values())).shape[0] <= 3:
+            continue  # a last minibatch of 3 rows or fewer: the unbiased HSIC is undefined on it
         if minibatch:
             accumulator = accumulator or MinibatchCKA(list(per_model[0]), list(per_model[-1]))
             accumulator.update(per_model[0], per_model[-1])
