@@ -20,6 +20,12 @@ earlier, larger case does not hide it, and glibc's ``malloc_trim`` first returns
 earlier cases freed. What the allocator still keeps can make a CPU figure an underestimate; the CUDA
 figure has no such caveat.
 
+Runtimes: ``eager`` (PyTorch, optionally compiled) and ``onnxruntime``: the segmentor exported once
+per model and size to ONNX (static shapes, ``workbench.interop.export.measure_onnxruntime``) and
+``session.run`` timed on the CPU with as many intra-op threads as torch uses. onnxruntime cases are fp32
+inference of the segmentors on the CPU, uncompiled and contiguous; other combinations are not run.
+Their ``first_call_s`` holds the export and session set-up as well as the first call.
+
 Budgets: sizes run in increasing order; before each case its memory and time are predicted from the
 smaller sizes already measured (log-log fit of the last two; from one point, linear in tokens, which
 can be optimistic by the size ratio). A case predicted over ``memory_budget_mb`` or
@@ -50,6 +56,7 @@ import torch
 from matplotlib.figure import Figure
 from torch import nn
 
+from workbench.interop.export import measure_onnxruntime
 from workbench.models import create_segmentor, model_info
 from workbench.precision import autocast, resolve_precision, use_channels_last
 
@@ -127,6 +134,7 @@ PRECISIONS = ("fp32", "bf16")
 LAYOUTS = ("contiguous", "channels_last")
 FULL_SIZES = (256, 512, 1024, 2048)
 QUICK_SIZES = (32, 64)
+RUNTIMES = ("eager", "onnxruntime")
 
 
 @dataclass
@@ -148,9 +156,10 @@ class BenchRow:
     first_call_s: float = math.nan
     note: str = ""
     layout: str = "contiguous"
+    runtime: str = "eager"
 
-    def series(self) -> tuple[str, str, str, bool, str]:
-        return self.model, self.mode, self.precision, self.compiled, self.layout
+    def series(self) -> tuple[str, str, str, bool, str, str]:
+        return self.model, self.mode, self.precision, self.compiled, self.layout, self.runtime
 
 
 @dataclass
@@ -279,6 +288,7 @@ def measure(
     device: str = "cpu",
     quick: bool = False,
     layout: str = "contiguous",
+    runtime: str = "eager",
 ) -> BenchRow:
     """Measure one case (see the module docstring). A training step takes at least two images: the
     decode heads' BatchNorm after global pooling needs more than one value per channel."""
@@ -286,9 +296,20 @@ def measure(
     row = BenchRow(
         spec.name, spec.family, mode, precision, compiled, size, (size // spec.stride) ** 2, batch, "ok"
     )
-    row.layout = layout
+    row.layout, row.runtime = layout, runtime
+    onnx = runtime == "onnxruntime"
+    if onnx and not _onnxruntime_case(spec, mode, precision, compiled, layout, batch, device):
+        raise ValueError(
+            "onnxruntime times fp32 inference of a segmentor at batch 1 on the CPU, uncompiled, contiguous"
+        )
     baseline = _reset_peak(device)
     model = spec.build(size, quick).to(device)
+    if onnx:
+        timed = measure_onnxruntime(model, size, repeats, torch.get_num_threads())
+        row.latency_ms, row.throughput_img_s = timed.latency_ms, 1000 / timed.latency_ms
+        row.first_call_s = timed.export_s + timed.first_call_s
+        row.peak_memory_mb = max(_peak(device) - baseline, 0.0)
+        return row
     use_channels_last(model, layout == "channels_last")
     run = _step(spec, model, mode, device, precision, size, batch, compiled)
     start = time.perf_counter()
@@ -309,6 +330,15 @@ def measure(
     return row
 
 
+def _onnxruntime_case(
+    spec: BenchModel, mode: str, precision: str, compiled: bool, layout: str, batch: int, device: str
+) -> bool:
+    """Whether onnxruntime times this case: fp32 inference of a segmentor at batch 1 on the CPU,
+    uncompiled and contiguous (the exported graph has no other variant)."""
+    case = (mode, precision, compiled, layout, batch, device)
+    return spec.segmentor and case == ("inference", "fp32", False, "contiguous", 1, "cpu")
+
+
 def _predict(done: list[BenchRow], tokens: int, attribute: str, single_point_exponent: float) -> float:
     """Extrapolate ``attribute`` of a series to ``tokens`` from its measured rows (log-log)."""
     counts = [row.tokens for row in done]
@@ -327,6 +357,7 @@ def run_bench(
     batch: int = 1,
     repeats: int = 3,
     device: str = "cpu",
+    runtimes: Sequence[str] = ("eager",),
     memory_budget_mb: float | None = None,
     time_budget_s: float | None = None,
     quick: bool = False,
@@ -341,6 +372,7 @@ def run_bench(
         (modes, MODES, "mode"),
         (precisions, PRECISIONS, "precision"),
         (layouts, LAYOUTS, "layout"),
+        (runtimes, RUNTIMES, "runtime"),
     ):
         bad = [item for item in value if item not in allowed]
         if bad:
@@ -362,14 +394,15 @@ def run_bench(
         "precisions": " ".join(precisions),
         "compiled": " ".join("yes" if item else "no" for item in compiled),
         "layouts": " ".join(layouts),
+        **({"runtimes": " ".join(runtimes)} if tuple(runtimes) != ("eager",) else {}),
         "batch": f"{batch} (a training step: {_case_batch('train', batch)})",
         "repeats": str(repeats),
         "memory budget": f"{memory_budget_mb:.0f} MB",
     }
     if time_budget_s is not None:
         result.environment["time budget"] = f"{time_budget_s:g} s per call"
-    for name, mode, precision, compile_model, layout in itertools.product(
-        models, modes, precisions, compiled, layouts
+    for name, mode, precision, compile_model, layout, runtime in itertools.product(
+        models, modes, precisions, compiled, layouts, runtimes
     ):
         case = {
             "mode": mode,
@@ -377,9 +410,15 @@ def run_bench(
             "compiled": compile_model,
             "batch": batch,
             "layout": layout,
+            "runtime": runtime,
         }
+        spec = BENCH_MODELS[name]
+        if runtime == "onnxruntime" and not _onnxruntime_case(
+            spec, mode, precision, compile_model, layout, batch, device
+        ):
+            continue
         for row in _series(
-            BENCH_MODELS[name], sorted(sizes), case, repeats, device, quick, memory_budget_mb, time_budget_s
+            spec, sorted(sizes), case, repeats, device, quick, memory_budget_mb, time_budget_s
         ):
             result.rows.append(row)
             log(_describe(row))
@@ -443,15 +482,16 @@ def _describe(row: BenchRow) -> str:
     flags = (" compiled" if row.compiled else "") + (
         " channels_last" if row.layout == "channels_last" else ""
     )
+    flags += " onnxruntime" if row.runtime == "onnxruntime" else ""
     case = f"{row.model} {row.mode} {row.precision}{flags} {row.resolution}²"
     if row.status != "ok":
         return f"{case}: skipped: {row.note}"
     return f"{case}: {row.latency_ms:.1f} ms, {row.throughput_img_s:.2f} img/s, peak +{row.peak_memory_mb:.0f} MB"
 
 
-def exponents(result: BenchResult) -> list[tuple[tuple[str, str, str, bool, str], float, list[int]]]:
+def exponents(result: BenchResult) -> list[tuple[tuple[str, str, str, bool, str, str], float, list[int]]]:
     """Per series with two or more measured sizes: (series, exponent of time against tokens, sizes)."""
-    series: dict[tuple[str, str, str, bool, str], list[BenchRow]] = {}
+    series: dict[tuple[str, str, str, bool, str, str], list[BenchRow]] = {}
     for row in result.rows:
         if row.status == "ok":
             series.setdefault(row.series(), []).append(row)
@@ -490,6 +530,9 @@ def markdown(result: BenchResult, figure_names: Sequence[str] = (), title: str =
     """A Markdown report: environment, the results table, the fitted exponents, skips, figures."""
     lines = [f"# {title}", "", "Regenerate with `make bench` (`workbench bench --out docs/`).", ""]
     lines += [f"- **{key}**: {value}" for key, value in result.environment.items()]
+    # The runtime column only where a run timed more than eager PyTorch.
+    runtime_head = " runtime |" if any(row.runtime != "eager" for row in result.rows) else ""
+    runtime_rule = "---|" if runtime_head else ""
     lines += [
         "",
         "## Latency, throughput and peak memory",
@@ -497,12 +540,13 @@ def markdown(result: BenchResult, figure_names: Sequence[str] = (), title: str =
         "Peak memory: the increase during the case, model build included (CPU: peak RSS; CUDA: "
         "`max_memory_allocated`). `first call` holds the compile time of compiled cases.",
         "",
-        "| model | mode | precision | compiled | layout | size | tokens | latency (ms) | throughput (img/s) | peak memory (MB) | first call (s) | note |",
-        "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---|",
+        f"| model | mode | precision | compiled | layout |{runtime_head} size | tokens | latency (ms) | throughput (img/s) | peak memory (MB) | first call (s) | note |",
+        f"|---|---|---|---|---|{runtime_rule}---:|---:|---:|---:|---:|---:|---|",
     ]
     for row in result.rows:
+        runtime_cell = f" {row.runtime} |" if runtime_head else ""
         lines.append(
-            f"| {row.model} | {row.mode} | {row.precision} | {'yes' if row.compiled else 'no'} | {row.layout} | {row.resolution}² | "
+            f"| {row.model} | {row.mode} | {row.precision} | {'yes' if row.compiled else 'no'} | {row.layout} |{runtime_cell} {row.resolution}² | "
             f"{row.tokens} | {_cell(row.latency_ms, '.1f')} | {_cell(row.throughput_img_s, '.3g')} | "
             f"{_cell(row.peak_memory_mb, '.0f')} | {_cell(row.first_call_s, '.2f')} | "
             f"{'skipped: ' + row.note if row.status != 'ok' else ''} |"
@@ -515,13 +559,14 @@ def markdown(result: BenchResult, figure_names: Sequence[str] = (), title: str =
         "",
     ]
     lines += [
-        "| model | mode | precision | compiled | layout | sizes | exponent |",
-        "|---|---|---|---|---|---|---:|",
+        f"| model | mode | precision | compiled | layout |{runtime_head} sizes | exponent |",
+        f"|---|---|---|---|---|{runtime_rule}---|---:|",
     ]
-    for (model, mode, precision, compiled, layout), exponent, sizes in exponents(result):
+    for (model, mode, precision, compiled, layout, runtime), exponent, sizes in exponents(result):
         sizes_text = ", ".join(f"{size}²" for size in sizes)
+        runtime_cell = f" {runtime} |" if runtime_head else ""
         lines.append(
-            f"| {model} | {mode} | {precision} | {'yes' if compiled else 'no'} | {layout} | {sizes_text} | {exponent:.2f} |"
+            f"| {model} | {mode} | {precision} | {'yes' if compiled else 'no'} | {layout} |{runtime_cell} {sizes_text} | {exponent:.2f} |"
         )
     lines += ["", "## Not run", ""]
     if result.environment.get("compiled") == "no":
@@ -541,13 +586,14 @@ def figures(result: BenchResult, name: str = "benchmarks") -> dict[str, Figure]:
     for mode in dict.fromkeys(row.mode for row in result.rows):
         figure = Figure(figsize=(11, 4.5), layout="constrained")
         time_axes, memory_axes = figure.subplots(1, 2)
-        series: dict[tuple[str, str, str, bool, str], list[BenchRow]] = {}
+        series: dict[tuple[str, str, str, bool, str, str], list[BenchRow]] = {}
         for row in result.rows:
             if row.mode == mode and row.status == "ok":
                 series.setdefault(row.series(), []).append(row)
-        for (model, _, precision, compiled, layout), rows in series.items():
+        for (model, _, precision, compiled, layout, runtime), rows in series.items():
             label = f"{model} {precision}{' compiled' if compiled else ''}"
             label += " channels_last" if layout == "channels_last" else ""
+            label += " onnxruntime" if runtime == "onnxruntime" else ""
             time_axes.plot([r.tokens for r in rows], [r.latency_ms for r in rows], "o-", label=label)
             memory_axes.plot(
                 [r.resolution for r in rows], [r.peak_memory_mb for r in rows], "o-", label=label

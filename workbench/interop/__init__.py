@@ -4,6 +4,7 @@ Importing it installs ``released_weights`` as the loader behind ``timm.create_mo
 """
 
 from workbench.interop.download import CATALOGUE, Release, download
+from workbench.interop.export import ExportResult, export
 from workbench.interop.load import FORMATS, LoadReport, export_state, load_pretrained, load_weights
 from workbench.interop.pretrained import released_weights
 from workbench.models.registry import set_pretrained_loader
@@ -13,9 +14,11 @@ set_pretrained_loader(released_weights)
 __all__ = [
     "CATALOGUE",
     "FORMATS",
+    "ExportResult",
     "LoadReport",
     "Release",
     "download",
+    "export",
     "export_state",
     "load_pretrained",
     "load_weights",
