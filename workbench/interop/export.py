@@ -16,9 +16,10 @@ How (measured on the tiny builds, torch 2.14, onnxruntime 1.32; figures in docs/
   size divisor, SETR's 16; GPViT takes any side eagerly but traces only on multiples of its stride
   8), from ``min_side`` (``default_min_side``) to ``max_side``. Two shape shortcuts of the models
   would otherwise pin the sizes: the position embedding's "same grid: no resampling" branch (SETR,
-  GPViT) is replaced while tracing by the resampling it skips, which is the identity at the same grid
-  (bilinear and bicubic with align_corners=False sample the grid points exactly; the parity at the
-  export size checks it); and UperNet's 6x6 pyramid pooling pins a 6-token map, which the default
+  GPViT) is not taken while exporting (``resample_pos_embed`` checks ``torch.compiler.is_exporting``,
+  as timm's does), and the resampling it skips is the identity at the same grid (bilinear and
+  bicubic with align_corners=False sample the grid points exactly; the parity at the export size
+  checks it); and UperNet's 6x6 pyramid pooling pins a 6-token map, which the default
   ``min_side`` (7 tokens: 56 px at GPViT's stride 8) keeps out of the range.
 - Each file's dynamic claim is checked: where the trace still guards the input size on a value
   (``_assert_scalar`` nodes), or a file fails or differs from eager by more than ``tolerance`` at a
@@ -48,20 +49,16 @@ import json
 import statistics
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import numpy as np
 import torch
-from timm.layers import resample_abs_pos_embed
 from torch import nn
 
 from workbench.config import Config
-from workbench.models import gpvit, setr
 from workbench.models.segmentor import Segmentor
 
 INPUT_NAME, OUTPUT_NAME = "images", "logits"
@@ -112,35 +109,6 @@ def _one_line(error: BaseException) -> str:
         error = error.__cause__
     text = str(error).strip().splitlines()
     return f"{type(error).__name__}: {text[0] if text else ''}"[:300]
-
-
-def _resample_pos_embed_always(
-    pos_embed: torch.Tensor,
-    new_grid: tuple[int, int],
-    old_grid: tuple[int, int],
-    num_prefix_tokens: int = 0,
-    rule: str = "bilinear",
-) -> torch.Tensor:
-    """``workbench.models.layers.resample_pos_embed`` without its same-grid shortcut, whose branch a
-    trace would pin (timm's resampler skips its own shortcut while exporting)."""
-    return resample_abs_pos_embed(
-        pos_embed,
-        new_size=list(new_grid),
-        old_size=list(old_grid),
-        num_prefix_tokens=num_prefix_tokens,
-        interpolation=rule,
-        antialias=False,
-    )
-
-
-@contextmanager
-def _traceable_shapes() -> Iterator[None]:
-    """While tracing, SETR and GPViT resample position embeddings at every grid (see the docstring)."""
-    with (
-        mock.patch.object(setr, "resample_pos_embed", _resample_pos_embed_always),
-        mock.patch.object(gpvit, "resample_pos_embed", _resample_pos_embed_always),
-    ):
-        yield
 
 
 def _size_asserts(program: torch.export.ExportedProgram) -> list[str]:
@@ -194,7 +162,7 @@ def _trace(
             height = torch.export.Dim("height", min=min_side, max=max_side)
             width = torch.export.Dim("width", min=min_side, max=max_side)
         shapes = {INPUT_NAME: {2: height, 3: width}}
-    with _traceable_shapes(), torch.no_grad():
+    with torch.no_grad():
         return torch.export.export(model, (example,), dynamic_shapes=shapes)
 
 
@@ -214,7 +182,7 @@ def _write_onnx(
     axes = (
         {INPUT_NAME: {2: "height", 3: "width"}, OUTPUT_NAME: {2: "height", 3: "width"}} if dynamic else None
     )
-    with _traceable_shapes(), torch.no_grad():
+    with torch.no_grad():
         torch.onnx.export(
             model,
             (example,),

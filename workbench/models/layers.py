@@ -71,7 +71,9 @@ def resample_pos_embed(
     """
     if rule not in POS_EMBED_RULES:
         raise ValueError(f"rule must be one of {POS_EMBED_RULES}, got {rule!r}")
-    if tuple(new_grid) == tuple(old_grid):
+    # While exporting, resample at every grid (as timm does): the shortcut's comparison of a traced
+    # size would pin the trace to the export size, so it must not even be evaluated.
+    if not torch.compiler.is_exporting() and tuple(new_grid) == tuple(old_grid):
         return pos_embed
     return resample_abs_pos_embed(
         pos_embed,
