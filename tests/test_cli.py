@@ -88,7 +88,17 @@ def test_help_documents_every_argument_with_an_example(capsys):
         main(["--version"])
     assert capsys.readouterr().out.startswith("workbench 0.")
     assert "train, evaluate" in parser.description
-    assert set(commands) == {"models", "train", "eval", "predict", "convert", "demo", "bench"}
+    assert set(commands) == {
+        "models",
+        "train",
+        "eval",
+        "predict",
+        "convert",
+        "export",
+        "study",
+        "demo",
+        "bench",
+    }
     for name, command in commands.items():
         assert f"workbench {name}" in command.epilog, name
         for action in command._actions:

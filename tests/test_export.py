@@ -168,3 +168,24 @@ def test_onnxruntime_is_a_runtime_of_the_bench():
     assert "| onnxruntime |" in bench.markdown(result)
     with pytest.raises(ValueError, match="unknown runtime"):
         bench.run_bench(models=["setr_pup_vit_large"], sizes=[32], runtimes=("tensorrt",), quick=True)
+
+
+def test_the_command_line_exports_a_run_and_never_overwrites_silently(tmp_path, capsys):
+    from workbench.build import build_model, classes_of
+    from workbench.cli import main
+    from workbench.config import load_config
+    from workbench.interop.checkpoint import save_weights
+
+    cfg = load_config("tiny_setr")
+    run = tmp_path / "run"
+    run.mkdir()
+    save_weights(run, build_model(cfg), cfg)
+    out = tmp_path / "exported" / "tiny"
+    argv = ["export", "--checkpoint", str(run), "--out", str(out), "--size", "64", "64", "--formats", "onnx"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "onnx: dynamic height and width" in printed and "parity onnxruntime 64x64" in printed
+    described = json.loads((out / "tiny.preprocessing.json").read_text())
+    assert described["class_names"] == list(classes_of(cfg).names)
+    assert main(argv) == 2
+    assert "tiny.onnx exists; pass --overwrite" in capsys.readouterr().err

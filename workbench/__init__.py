@@ -3,7 +3,7 @@
 from workbench import viz
 from workbench.engine import train
 from workbench.inference import DetectionPredictor, Predictor, ViTPredictor, load_predictor
-from workbench.interop import load_pretrained
+from workbench.interop import export, load_pretrained
 from workbench.models import Segmentor, create_segmentor, list_models
 from workbench.models.detection import create_detector, list_detectors
 
@@ -11,11 +11,12 @@ __version__ = "0.1.0"
 __all__ = [
     "DetectionPredictor",
     "Predictor",
-    "ViTPredictor",
     "Segmentor",
+    "ViTPredictor",
     "__version__",
     "create_detector",
     "create_segmentor",
+    "export",
     "list_detectors",
     "list_models",
     "load_predictor",

@@ -1,5 +1,5 @@
-"""The workbench command: train, evaluate, apply and convert dense-prediction vision transformers
-(SETR, HLG, GPViT) following their papers' recipes.
+"""The workbench command: train, evaluate, apply, export, study and convert dense-prediction vision
+transformers (SETR, HLG, GPViT) following their papers' recipes.
 
 Every subcommand is a thin layer over a library call. Errors a user can fix (a bad config field, a
 missing file, an output that exists) end in one line 'workbench: ...' on stderr and exit status 2;
@@ -174,6 +174,41 @@ def _study_model(source: str) -> str:
     return str(demo_checkpoint(source))
 
 
+def _export(args: argparse.Namespace) -> None:
+    from workbench.build import classes_of
+    from workbench.inference import load_run
+    from workbench.interop import export
+
+    out = Path(args.out)
+    _check_writable(out, "--out")
+    existing = [
+        out / f"{out.name}.{suffix}" for suffix in args.formats if (out / f"{out.name}.{suffix}").exists()
+    ]
+    if existing and not args.overwrite:  # an export is never replaced silently
+        raise ValueError(f"{existing[0]} exists; pass --overwrite to replace it, or choose another --out")
+    cfg, model, _ = load_run(args.checkpoint)
+    result = export(
+        model,
+        out,
+        name=out.name,
+        size=tuple(args.size) if args.size else None,
+        formats=args.formats,
+        dynamic=not args.static,
+        max_side=args.max_side,
+        recipe=cfg,
+        class_names=classes_of(cfg).names,
+    )
+    for kind, path in result.files.items():
+        print(f"{kind}: {path}")
+    for fmt, dynamic in result.dynamic.items():
+        print(f"{fmt}: {'dynamic height and width' if dynamic else 'static: ' + result.static_reason[fmt]}")
+    for row in result.parity:
+        shown = (
+            row.error or f"max |logit diff| {row.max_abs_diff:.2e}, arg-max {100 * row.argmax_agreement:.3f}%"
+        )
+        print(f"parity {row.runtime} {row.size[0]}x{row.size[1]}: {shown}")
+
+
 def _demo(args: argparse.Namespace) -> None:
     from workbench.demo import demo_checkpoint, demo_metrics
 
@@ -207,6 +242,7 @@ def _bench(args: argparse.Namespace) -> None:
             memory_budget_mb=args.memory_budget_mb,
             time_budget_s=args.time_budget_s,
             quick=args.quick,
+            runtimes=args.runtimes,
         )
     finally:
         torch.set_num_threads(threads)
@@ -374,7 +410,13 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         "attention statistics; a table and a figure per model in a run-style folder (resumable).",
         "workbench study probes --models runs/demo_setr runs/demo_gpvit --out studies/probes --count 32",
     )
-    study.add_argument("study", choices=["cka", "probes", "ablation", "lens", "statistics"])
+    study.add_argument(
+        "study",
+        choices=["cka", "probes", "ablation", "lens", "statistics"],
+        help="cka: layer x layer similarity; probes: a linear probe per layer; ablation: mIoU change per "
+        "zeroed head or branch; lens: the head on each earlier layer; statistics: attention entropy and "
+        "distance per head with bootstrap CIs",
+    )
     study.add_argument(
         "--models",
         nargs="+",
@@ -388,11 +430,29 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     study.add_argument("--count", type=int, help="images to measure on (default: the whole split)")
     study.add_argument("--batch-size", type=int, help="images per forward (default: the study's)")
     study.add_argument("--steps", type=int, default=200, help="probes: training steps per probe")
-    study.add_argument("--precision", default="fp32", choices=["auto", "fp32", "bf16", "fp16"])
+    study.add_argument(
+        "--precision", default="fp32", choices=["auto", "fp32", "bf16", "fp16"], help="the models' forwards"
+    )
     study.add_argument("--seed", type=int, default=0, help="token draws, probe batches, bootstrap")
     study.add_argument(
         "--overwrite", action="store_true", help="measure afresh into a folder that has a study"
     )
+
+    export_ = command(
+        "export",
+        "Export a trained segmentor to torch.export (.pt2) and ONNX with its preprocessing and a parity "
+        "report against eager (onnxruntime, torch.export.load) at three sizes.",
+        "workbench export --checkpoint runs/demo_gpvit --out exported/demo_gpvit --size 512 512",
+    )
+    export_.add_argument("--checkpoint", required=True, help="a run folder or checkpoint")
+    export_.add_argument("--out", required=True, help="folder for NAME.pt2, NAME.onnx and their JSON")
+    export_.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="the trace's image size")
+    export_.add_argument(
+        "--formats", nargs="+", default=["pt2", "onnx"], choices=["pt2", "onnx"], help="files to write"
+    )
+    export_.add_argument("--static", action="store_true", help="fixed height and width (the trace's)")
+    export_.add_argument("--max-side", type=int, default=2048, help="largest side of a dynamic file")
+    export_.add_argument("--overwrite", action="store_true", help="replace files already in --out")
 
     demo = command(
         "demo",
@@ -457,6 +517,13 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         type=float,
         help="skip sizes predicted to need more (default: the GPU's memory, or the RAM available)",
     )
+    bench.add_argument(
+        "--runtimes",
+        nargs="+",
+        default=["eager"],
+        choices=["eager", "onnxruntime"],
+        help="onnxruntime: the model exported to ONNX once per size, timed in onnxruntime (fp32 CPU inference)",
+    )
     bench.add_argument("--time-budget-s", type=float, help="skip sizes predicted to take longer per call")
     return parser, dict(commands.choices)
 
@@ -488,6 +555,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "predict": _predict,
         "convert": _convert,
         "demo": _demo,
+        "export": _export,
         "study": _study,
         "bench": _bench,
     }
