@@ -11,17 +11,6 @@ from apps.handlers import Workbench
 from apps.layout import build_app
 from apps.serve import free_port, launch
 from apps.settings import Settings
-from workbench.build import build_model
-from workbench.config import load_config
-from workbench.interop.checkpoint import save_weights
-
-
-def tiny_checkpoint(folder: Path, config: str = "tiny_gpvit") -> Path:
-    """A freshly initialised tiny model saved as a workbench checkpoint (weights + config)."""
-    cfg = load_config(config)
-    folder.mkdir(parents=True, exist_ok=True)
-    save_weights(folder, build_model(cfg), cfg)
-    return folder
 
 
 @contextmanager

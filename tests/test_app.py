@@ -25,7 +25,8 @@ from workbench.data.demo import render_scene
 from workbench.data.examples import example_path
 from workbench.viz.summary import attention_distribution
 
-from .app_server import serving, tiny_checkpoint
+from .app_server import serving
+from .tiny import tiny_checkpoint
 
 pytestmark = pytest.mark.timeout(600)
 

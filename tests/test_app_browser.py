@@ -17,7 +17,8 @@ from PIL import Image
 
 from workbench.data.demo import render_scene
 
-from .app_server import serving, tiny_checkpoint
+from .app_server import serving
+from .tiny import tiny_checkpoint
 
 pytestmark = pytest.mark.timeout(120)  # about 15 s on 2 cores; a hang fails, not waits
 

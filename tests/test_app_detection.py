@@ -16,8 +16,9 @@ from workbench.data.classes import DEMO
 from workbench.data.image import read_image
 from workbench.inference.detection_predictor import DetectionPredictor
 
-from .app_server import serving, tiny_checkpoint
+from .app_server import serving
 from .test_detection_predictor import demo_detection_image, tiny_detection_run
+from .tiny import tiny_checkpoint
 
 pytestmark = pytest.mark.timeout(300)
 

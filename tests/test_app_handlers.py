@@ -22,7 +22,7 @@ from workbench.data.demo import render_scene
 from workbench.inference.session import Session
 from workbench.interop.checkpoint import save_weights
 
-from .app_server import tiny_checkpoint
+from .tiny import tiny_checkpoint
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -22,7 +22,7 @@ from apps.store import LOADING_OFF, REFUSED
 from workbench.cache import cache_dir
 from workbench.data.demo import render_scene
 
-from .app_server import tiny_checkpoint
+from .tiny import tiny_checkpoint
 
 pytestmark = pytest.mark.timeout(300)
 

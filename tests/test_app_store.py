@@ -17,7 +17,7 @@ from apps.settings import Settings
 from apps.store import Memory, nbytes
 from workbench.data.demo import render_scene
 
-from .app_server import tiny_checkpoint
+from .tiny import tiny_checkpoint
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -12,12 +12,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.tiny import tiny_checkpoint
 from workbench import cli
-from workbench.build import build_model
 from workbench.cli import build_parser, main
-from workbench.config import load_config, resolve_config
+from workbench.config import resolve_config
 from workbench.inference.folder import output_names
-from workbench.interop.checkpoint import save_weights
 from workbench.models import model_info
 from workbench.models.complexity import build_on_meta, count_params
 
@@ -46,10 +45,7 @@ def assert_one_line_error(done: subprocess.CompletedProcess, *needles: str) -> N
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     """A (randomly initialised) tiny SETR checkpoint folder, as ``workbench convert`` writes one."""
-    cfg = load_config("tiny_setr")
-    folder = tmp_path_factory.mktemp("checkpoint")
-    save_weights(folder, build_model(cfg), cfg)
-    return folder
+    return tiny_checkpoint(tmp_path_factory.mktemp("checkpoint"), "tiny_setr")
 
 
 def _photo(path: Path, seed: int) -> Path:

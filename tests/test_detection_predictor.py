@@ -22,7 +22,7 @@ from workbench.interop import export_state
 from workbench.models import model_info
 from workbench.models.detection import detector_info
 
-from .app_server import tiny_checkpoint
+from .tiny import tiny_checkpoint
 
 DETECTOR = "gpvit_l1_maskrcnn"
 TINY = detector_info(DETECTOR).tiny

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from tests.tiny import tiny
+from tests.tiny import tiny, tiny_checkpoint
 from workbench.inference.recipes import recipe_for
 from workbench.interop import export
 from workbench.interop.export import measure_onnxruntime
@@ -171,15 +171,12 @@ def test_onnxruntime_is_a_runtime_of_the_bench():
 
 
 def test_the_command_line_exports_a_run_and_never_overwrites_silently(tmp_path, capsys):
-    from workbench.build import build_model, classes_of
+    from workbench.build import classes_of
     from workbench.cli import main
     from workbench.config import load_config
-    from workbench.interop.checkpoint import save_weights
 
     cfg = load_config("tiny_setr")
-    run = tmp_path / "run"
-    run.mkdir()
-    save_weights(run, build_model(cfg), cfg)
+    run = tiny_checkpoint(tmp_path / "run", "tiny_setr")
     out = tmp_path / "exported" / "tiny"
     argv = ["export", "--checkpoint", str(run), "--out", str(out), "--size", "64", "64", "--formats", "onnx"]
     assert main(argv) == 0

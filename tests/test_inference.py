@@ -146,7 +146,7 @@ def test_occlusion_windows_are_sized_from_the_model_input(tmp_path, monkeypatch)
     from apps.settings import ATTRIBUTIONS, Settings
     from workbench.inference.session import Session
 
-    from .app_server import tiny_checkpoint
+    from .tiny import tiny_checkpoint
 
     workbench = Workbench(Settings(precision="fp32"), str(tiny_checkpoint(tmp_path / "run")))
     workbench.default.predictor.transform = EvalTransform((48, 32))  # the model sees 32x48

@@ -20,15 +20,13 @@ import torch.multiprocessing as mp
 from PIL import Image
 from pycocotools.coco import COCO
 
+from tests.tiny import tiny_checkpoint
 from workbench import create_detector
-from workbench.build import build_model
-from workbench.config import load_config
 from workbench.data.image import read_image
 from workbench.engine.evaluate import predict_probs
 from workbench.inference import DetectionPredictor, load_predictor
 from workbench.inference import folder as folder_module
 from workbench.inference.folder import predict_folder
-from workbench.interop.checkpoint import save_weights
 from workbench.models.detection import detector_info
 
 SIZES = ((24, 32), (32, 24), (40, 40), (24, 32))  # (H, W); repeated shapes batch together
@@ -38,10 +36,7 @@ MODES = ("RGB", "L", "RGBA", "I;16", "JPEG")
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     """A randomly initialised tiny SETR checkpoint (test scale 64 x 64, aspect kept)."""
-    cfg = load_config("tiny_setr")
-    folder = tmp_path_factory.mktemp("checkpoint")
-    save_weights(folder, build_model(cfg), cfg)
-    return folder
+    return tiny_checkpoint(tmp_path_factory.mktemp("checkpoint"), "tiny_setr")
 
 
 @pytest.fixture(scope="module")

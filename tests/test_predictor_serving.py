@@ -8,13 +8,10 @@ import pytest
 import torch
 
 from workbench import Predictor
-from workbench.build import build_model
-from workbench.config import load_config
 from workbench.interop import export_state
-from workbench.interop.checkpoint import save_weights
 from workbench.models import model_info
 
-from .tiny import tiny_gpvit_segmentor, tiny_setr
+from .tiny import tiny_checkpoint, tiny_gpvit_segmentor, tiny_setr
 
 
 def _photo(seed: int, size: int = 48) -> np.ndarray:
@@ -38,9 +35,7 @@ def test_a_kept_session_answers_again_without_a_forward_pass():
 
 
 def test_from_checkpoint_keeps_the_load_report(tmp_path):
-    cfg = load_config("tiny_gpvit")
-    save_weights(tmp_path, build_model(cfg), cfg)
-    predictor = Predictor.from_checkpoint(tmp_path, device="cpu")
+    predictor = Predictor.from_checkpoint(tiny_checkpoint(tmp_path), device="cpu")
     assert predictor.load_report.clean and predictor.load_report.format == "workbench"
     assert len(predictor.load_report.loaded) == len(predictor.model.state_dict())
 

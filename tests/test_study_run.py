@@ -7,24 +7,17 @@ from pathlib import Path
 
 import pytest
 
-from workbench.build import build_model
-from workbench.config import load_config
-from workbench.interop.checkpoint import save_weights
+from tests.tiny import tiny_checkpoint
 from workbench.studies.run import STUDIES, run_study
-
-
-def _checkpoint(root: Path, config: str) -> Path:
-    cfg = load_config(config)
-    folder = root / config
-    folder.mkdir()
-    save_weights(folder, build_model(cfg), cfg)
-    return folder
 
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory) -> list[Path]:
     root = tmp_path_factory.mktemp("models")
-    return [_checkpoint(root, "tiny_setr"), _checkpoint(root, "tiny_gpvit")]
+    return [
+        tiny_checkpoint(root / "tiny_setr", "tiny_setr"),
+        tiny_checkpoint(root / "tiny_gpvit", "tiny_gpvit"),
+    ]
 
 
 def _rows(path: Path) -> list[dict]:

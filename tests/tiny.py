@@ -6,7 +6,9 @@ from pathlib import Path
 
 import timm
 
-from workbench.config import Config, DataConfig, ModelConfig, OptimConfig, ScheduleConfig
+from workbench.build import build_model
+from workbench.config import Config, DataConfig, ModelConfig, OptimConfig, ScheduleConfig, load_config
+from workbench.interop.checkpoint import save_weights
 from workbench.models import model_info
 from workbench.models.detection import detector_info
 
@@ -93,3 +95,11 @@ def tiny_detection_config(
         work_dir=str(work_dir),
         **fields,
     )
+
+
+def tiny_checkpoint(folder: Path, config: str = "tiny_gpvit") -> Path:
+    """A freshly initialised model of ``config`` saved in ``folder`` as a workbench checkpoint."""
+    cfg = load_config(config)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_weights(folder, build_model(cfg), cfg)
+    return folder
