@@ -142,3 +142,21 @@ def test_bad_queries_and_settings_are_refused():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="no CUDA GPU is available"):
             Predictor(model, device="cuda")
+
+
+def test_labels_of_one_view_need_no_softmax_and_probs_come_on_request():
+    """At the image's own size the labels are the logits' arg-max (the softmax's, computed without
+    it); ``probs`` is that softmax when asked for, equal to evaluation's ``predict_probs``."""
+    from workbench.engine.evaluate import predict_probs
+
+    model = tiny_gpvit_segmentor("upernet").eval()
+    predictor = Predictor(model)
+    image = np.random.default_rng(3).integers(0, 256, (40, 56, 3), dtype=np.uint8)
+    prediction = predictor(image)
+    _, tensor = predictor.preprocess(image)
+    with torch.no_grad():
+        reference = predict_probs(model, tensor, EvalConfig(), model.num_classes)[0]
+    assert np.array_equal(prediction.labels, reference.argmax(0).numpy())
+    torch.testing.assert_close(prediction.probs, reference, rtol=0, atol=0)
+    session = predictor.open(image, probs=False)
+    assert session.prediction.probs is None and np.array_equal(session.prediction.labels, prediction.labels)

@@ -19,7 +19,6 @@ image reader, the device rule and the precision setting.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -47,14 +46,39 @@ if TYPE_CHECKING:
     from workbench.inference.detection_predictor import DetectionPredictor
 
 
-@dataclass
 class Prediction:
     """A segmentation of one image: ``labels`` (H, W) at the image's size, ``probs`` (K, h, w) on the
-    model's input (the test-scale view; ``probs_on_image`` resizes them), the classes' colours."""
+    model's input (the test-scale view; ``probs_on_image`` resizes them), the classes' colours.
 
-    labels: np.ndarray
-    probs: torch.Tensor | None  # None where a session was opened without them (``open(probs=False)``)
-    classes: Classes = field(repr=False)
+    From a single view the prediction keeps the logits and computes ``probs`` (their softmax) on first
+    access: labels alone, what most callers want, never pay for the K x h x w softmax.
+    """
+
+    def __init__(
+        self,
+        labels: np.ndarray,
+        probs: torch.Tensor | None,
+        classes: Classes,
+        logits: torch.Tensor | None = None,
+    ) -> None:
+        self.labels = labels
+        self.classes = classes
+        self._probs, self._logits = probs, logits
+
+    @property
+    def probs(self) -> torch.Tensor | None:
+        """(K, h, w) probabilities on the model input; None where a session was opened without them
+        (``open(probs=False)``)."""
+        if self._probs is None and self._logits is not None:
+            self._probs, self._logits = self._logits.softmax(0), None
+        return self._probs
+
+    @probs.setter
+    def probs(self, value: torch.Tensor | None) -> None:
+        self._probs, self._logits = value, None
+
+    def __repr__(self) -> str:
+        return f"Prediction(labels={self.labels.shape}, classes={len(self.classes)})"
 
     def probs_on_image(self) -> torch.Tensor:
         """Probabilities (K, H, W) at the image's size, bilinear (what the labels are the arg-max of).
@@ -181,11 +205,29 @@ class Predictor(SessionQueries):
         labels = argmax_resized(probs[0], array.shape[:2])
         return Prediction(labels.cpu().numpy(), probs[0].cpu(), self.classes)
 
+    def _from_logits(self, array: np.ndarray, logits: torch.Tensor) -> Prediction:
+        """Logits (1, K, h, w) of the single view -> labels; the softmax only where the labels need
+        it (the input resized from the image: the evaluation's rule resizes probabilities)."""
+        if tuple(logits.shape[-2:]) != tuple(array.shape[:2]):
+            return self._prediction(array, logits.softmax(1))
+        labels = logits[0].argmax(0)  # the arg-max of the softmax, without computing it
+        return Prediction(labels.cpu().numpy(), None, self.classes, logits=logits[0].cpu())
+
+    def _single_view(self) -> bool:
+        """Whether the recipe's inference is one whole forward (no scales, flips or windows)."""
+        cfg = self.eval_cfg
+        return cfg.mode == "whole" and tuple(cfg.scales) == (1.0,) and not cfg.flip and not cfg.min_short_side
+
     @torch.no_grad()
     def _predict(self, array: np.ndarray, tensor: torch.Tensor) -> Prediction:
         with autocast(self.precision, self.device):
-            probs = predict_probs(self.model, tensor, self.eval_cfg, self.num_classes)
-        return self._prediction(array, probs)
+            if self._single_view():
+                logits = forward_padded(self.model, tensor)
+            else:
+                return self._prediction(
+                    array, predict_probs(self.model, tensor, self.eval_cfg, self.num_classes)
+                )
+        return self._from_logits(array, logits.float())
 
     def __call__(self, image: ImageSource) -> Prediction:
         """Segment one image (a path, PIL image or array; any mode the image reader takes)."""
@@ -204,11 +246,8 @@ class Predictor(SessionQueries):
         view = View(tuple(tensor.shape[-2:]))
         with capture(self.model) as cached, autocast(self.precision, self.device):
             logits = forward_padded(self.model, tensor).float()
-        cfg = self.eval_cfg
-        if cfg.mode == "whole" and tuple(cfg.scales) == (1.0,) and not cfg.flip and not cfg.min_short_side:
-            prediction = self._prediction(array, logits.softmax(1))  # what predict_probs would compute
-        else:
-            prediction = self._predict(array, tensor)
+        # One view: the labels are this forward's; otherwise the recipe's full inference gives them.
+        prediction = self._from_logits(array, logits) if self._single_view() else self._predict(array, tensor)
         if not probs:
             prediction.probs = None
         return Session(array, view, cached, prediction, self)
