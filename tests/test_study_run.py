@@ -69,3 +69,19 @@ def test_the_command_line_runs_a_study(checkpoints, tmp_path, capsys):
     assert "1 table(s) written" in capsys.readouterr().out
     assert main([*argv, "--steps", "3", "--batch-size", "2"]) == 2  # other settings, same folder
     assert "holds a study with other settings (steps)" in capsys.readouterr().err
+
+
+def test_checkpoints_of_two_runs_with_the_same_step_get_their_runs_names(checkpoints, tmp_path):
+    """runs/a/checkpoints/iter_0100 and runs/b/checkpoints/iter_0100 are two models, never one folder
+    (the second was once skipped as 'complete'); names that still clash are refused."""
+    import shutil
+
+    paths = []
+    for run, source in zip(("run_a", "run_b"), checkpoints, strict=True):
+        target = tmp_path / run / "checkpoints" / "iter_0000100"
+        shutil.copytree(source, target)
+        paths.append(target)
+    tables = run_study("lens", paths, tmp_path / "lens", count=2, batch_size=2, progress=False, log=print)
+    assert set(tables) == {"run_a", "run_b"}
+    with pytest.raises(ValueError, match="two models would share the folder 'x'"):
+        run_study("lens", [("x", paths[0]), ("x", paths[1])], tmp_path / "other", count=2, progress=False)

@@ -165,13 +165,16 @@ def _study(args: argparse.Namespace) -> None:
     print(f"{args.study}: {len(tables)} table(s) written into {args.out}")
 
 
-def _study_model(source: str) -> str:
-    """A run folder or checkpoint as given, or a demo config's name (demo_setr): its trained model."""
+def _study_model(source: str) -> tuple[str, str]:
+    """(name, path) of a run folder or checkpoint as given, or of a demo config's trained model
+    (demo_setr), named after it."""
+    from workbench.studies.run import model_label
+
     if Path(source).exists() or not source.startswith("demo_"):
-        return source
+        return model_label(source), source
     from workbench.demo import demo_checkpoint
 
-    return str(demo_checkpoint(source))
+    return source, str(demo_checkpoint(source))
 
 
 def _export(args: argparse.Namespace) -> None:

@@ -35,6 +35,9 @@ from workbench.studies.similarity import cka_figure, layer_cka
 from workbench.studies.statistics import attention_statistics, statistics_figure
 from workbench.studies.tables import Table
 
+# Paths (each named after its run folder), (name, path) pairs, or a dict of them.
+Models = list[str | Path] | list[tuple[str, str | Path]] | dict[str, str | Path]
+
 
 @dataclass(frozen=True)
 class Study:
@@ -85,9 +88,27 @@ def _write_atomic(path: Path, write: Callable[[Path], Any]) -> None:
     os.replace(staging, path)
 
 
-def _label(source: str | Path) -> str:
+def model_label(source: str | Path) -> str:
+    """A model's folder name: its run's, for a checkpoint inside the run's ``checkpoints/``."""
     path = Path(source)
-    return path.parent.name if path.is_file() else path.name
+    path = path.parent if path.is_file() else path
+    return path.parent.parent.name if path.parent.name == "checkpoints" else path.name
+
+
+def _labelled(models: Models) -> dict[str, str | Path]:
+    """Each model under the name of its folder in the study (``models`` may name them)."""
+    if isinstance(models, dict):
+        pairs = list(models.items())
+    else:
+        pairs = [model if isinstance(model, tuple) else (model_label(model), model) for model in models]
+    names = [name for name, _ in pairs]
+    clashes = sorted({name for name in names if names.count(name) > 1})
+    if clashes:
+        raise ValueError(
+            f"two models would share the folder {clashes[0]!r}: name them, run_study(name, "
+            "{'a': path_a, 'b': path_b}, ...)"
+        )
+    return dict(pairs)
 
 
 def _record(folder: Path, settings: dict[str, Any]) -> None:
@@ -115,7 +136,7 @@ def _save(table: Table, figure: Any, folder: Path) -> None:
 
 def run_study(
     name: str,
-    models: list[str | Path],
+    models: Models,
     out: str | Path,
     *,
     data: str | Path | None = None,
@@ -123,25 +144,32 @@ def run_study(
     log: Callable[[str], None] = print,
     **options: Any,
 ) -> dict[str, Table]:
-    """Run study ``name`` (``STUDIES``) on each of ``models`` into ``out``; ``options`` go to the
+    """Run study ``name`` (``STUDIES``) on each of ``models`` (paths, each named after its run folder,
+    or named: (name, path) pairs or a dict) into ``out``; ``options`` go to the
     study's function (``count``, ``batch_size``, ``precision``, ``seed``, ``steps``...). Returns the
     tables measured in this call, by folder name."""
     if name not in STUDIES:
         raise ValueError(f"unknown study {name!r}; studies: {', '.join(STUDIES)}")
     if not models:
         raise ValueError("give at least one model (a run folder or checkpoint)")
+    models = _labelled(models)
     folder = Path(out)
-    settings = {"study": name, "models": [str(m) for m in models], "data": data and str(data), **options}
+    settings = {
+        "study": name,
+        "models": {label: str(m) for label, m in models.items()},
+        "data": data and str(data),
+        **options,
+    }
     if overwrite and (folder / "study.yaml").exists():
         (folder / "study.yaml").unlink()
     _record(folder, settings)
     data_cfg = load_config(data) if data is not None else None
     study, tables, loaded = STUDIES[name], {}, []
-    for source in models:
+    for label, source in models.items():
         cfg, model, _ = load_run(source)
         model.eval()
-        loaded.append((_label(source), model, cfg))
-        target = folder / _label(source)
+        loaded.append((label, model, cfg))
+        target = folder / label
         if (target / "table.csv").exists() and not overwrite:
             log(f"{name}: {target} is complete, not measured again")
             continue
