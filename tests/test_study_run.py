@@ -85,3 +85,15 @@ def test_checkpoints_of_two_runs_with_the_same_step_get_their_runs_names(checkpo
     assert set(tables) == {"run_a", "run_b"}
     with pytest.raises(ValueError, match="two models would share the folder 'x'"):
         run_study("lens", [("x", paths[0]), ("x", paths[1])], tmp_path / "other", count=2, progress=False)
+
+
+def test_a_model_the_study_does_not_apply_to_is_said_and_the_others_go_on(checkpoints, tmp_path):
+    hlg = tiny_checkpoint(tmp_path / "tiny_hlg", "tiny_hlg")
+    logged: list[str] = []
+    tables = run_study(
+        "lens", [checkpoints[0], hlg], tmp_path / "lens", count=2, progress=False, log=logged.append
+    )
+    assert set(tables) == {"tiny_setr"}
+    assert any("tiny_hlg is not measured: " in line and "HLG" in line for line in logged)
+    with pytest.raises(ValueError, match="lens measured no model: tiny_hlg: "):
+        run_study("lens", [hlg], tmp_path / "only_hlg", count=2, progress=False, log=logged.append)

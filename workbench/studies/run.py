@@ -11,7 +11,8 @@
 Each model is a run folder or checkpoint (``workbench.inference.load_run``); its data set is its own
 config's (validation split; the probes train on its training split), or ``data``'s config where
 given. Resumable: a model whose table is complete (written atomically, last) is not measured again;
-a folder holding another study's options is refused rather than mixed.
+a folder holding another study's options is refused rather than mixed. A model the study does not
+apply to (the lens on HLG) is said in one line and the others go on.
 """
 
 from __future__ import annotations
@@ -164,7 +165,7 @@ def run_study(
         (folder / "study.yaml").unlink()
     _record(folder, settings)
     data_cfg = load_config(data) if data is not None else None
-    study, tables, loaded = STUDIES[name], {}, []
+    study, tables, loaded, refused = STUDIES[name], {}, [], []
     for label, source in models.items():
         cfg, model, _ = load_run(source)
         model.eval()
@@ -175,8 +176,16 @@ def run_study(
             continue
         train_set, val_set = build_datasets(_with_data(cfg, data_cfg))
         log(f"{name}: measuring {source}")
-        tables[target.name] = table = study.measure(model, train_set, val_set, options)
+        try:
+            table = study.measure(model, train_set, val_set, options)
+        except ValueError as error:  # e.g. the lens on HLG: said for that model, the others go on
+            refused.append(f"{label}: {error}")
+            log(f"{name}: {label} is not measured: {error}")
+            continue
+        tables[target.name] = table
         _save(table, study.figure(table), target)
+    if len(refused) == len(models):
+        raise ValueError(f"{name} measured no model: {refused[0]}")
     if name == "cka":
         tables.update(_cross_cka(loaded, folder, data_cfg, overwrite, log, options))
     return tables
