@@ -70,7 +70,7 @@ class Prediction:
         """(K, h, w) probabilities on the model input; None where a session was opened without them
         (``open(probs=False)``)."""
         if self._probs is None and self._logits is not None:
-            self._probs, self._logits = self._logits.softmax(0), None
+            self._probs, self._logits = self._logits.float().softmax(0), None
         return self._probs
 
     @probs.setter
@@ -209,8 +209,10 @@ class Predictor(SessionQueries):
         """Logits (1, K, h, w) of the single view -> labels; the softmax only where the labels need
         it (the input resized from the image: the evaluation's rule resizes probabilities)."""
         if tuple(logits.shape[-2:]) != tuple(array.shape[:2]):
-            return self._prediction(array, logits.softmax(1))
-        labels = logits[0].argmax(0)  # the arg-max of the softmax, without computing it
+            return self._prediction(array, logits.float().softmax(1))
+        # The arg-max of the softmax, without computing it, in the forward's dtype (casting to fp32
+        # is exact and keeps the order).
+        labels = logits[0].argmax(0)
         return Prediction(labels.cpu().numpy(), None, self.classes, logits=logits[0].cpu())
 
     def _single_view(self) -> bool:
@@ -227,7 +229,7 @@ class Predictor(SessionQueries):
                 return self._prediction(
                     array, predict_probs(self.model, tensor, self.eval_cfg, self.num_classes)
                 )
-        return self._from_logits(array, logits.float())
+        return self._from_logits(array, logits)
 
     def __call__(self, image: ImageSource) -> Prediction:
         """Segment one image (a path, PIL image or array; any mode the image reader takes)."""
@@ -245,7 +247,7 @@ class Predictor(SessionQueries):
         array, tensor = self.preprocess(image)
         view = View(tuple(tensor.shape[-2:]))
         with capture(self.model) as cached, autocast(self.precision, self.device):
-            logits = forward_padded(self.model, tensor).float()
+            logits = forward_padded(self.model, tensor)
         # One view: the labels are this forward's; otherwise the recipe's full inference gives them.
         prediction = self._from_logits(array, logits) if self._single_view() else self._predict(array, tensor)
         if not probs:
