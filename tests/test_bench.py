@@ -182,3 +182,24 @@ def test_figures_are_matplotlib_figures_with_a_line_per_series(monkeypatch):
     time_axes, memory_axes = figure.axes
     assert len(time_axes.lines) == len(memory_axes.lines) == 4
     assert time_axes.get_xscale() == "log" and time_axes.get_yscale() == "log"
+
+
+def test_the_roofline_section_reads_each_inference_case_against_the_machines_limits(tmp_path):
+    """``--roofline``: the machine's matmul and convolution GFLOP/s, and each eager inference case's
+    achieved GFLOP/s = 2 x GMACs x batch / latency, as a share of the better of the two."""
+    from workbench.engine.roofline import achieved_gflops, measure_roofline
+    from workbench.models.complexity import count_gmacs
+
+    assert achieved_gflops(144.4, 1200.0) == pytest.approx(240.67, abs=0.01)
+    limits = measure_roofline("fp32", size=128, channels=16, spatial=8, repeats=1)
+    assert limits.matmul_gflops > 0 and limits.conv_gflops > 0 and limits.best >= limits.matmul_gflops
+    result = bench.run_bench(
+        models=["gpvit_l1"], sizes=[32], modes=["inference"], repeats=1, quick=True, roofline=True, log=print
+    )
+    (row, gmacs, gflops), *_ = result.achieved
+    assert gmacs == pytest.approx(count_gmacs(bench.BENCH_MODELS["gpvit_l1"].build(32, True), 32))
+    assert gflops == pytest.approx(2 * gmacs * row.batch / (row.latency_ms / 1000))
+    report = bench.markdown(result)
+    assert "## Against the machine's roofline" in report and "- fp32: matmul " in report
+    assert f"| gpvit_l1 | fp32 | contiguous | 32² | {gmacs:.1f} | {gflops:.0f} |" in report
+    assert "roofline" not in bench.markdown(bench.BenchResult(result.environment, result.rows))

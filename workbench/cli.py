@@ -246,6 +246,7 @@ def _bench(args: argparse.Namespace) -> None:
             time_budget_s=args.time_budget_s,
             quick=args.quick,
             runtimes=args.runtimes,
+            roofline=args.roofline,
         )
     finally:
         torch.set_num_threads(threads)
@@ -526,6 +527,11 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         default=["eager"],
         choices=["eager", "onnxruntime"],
         help="onnxruntime: the model exported to ONNX once per size, timed in onnxruntime (fp32 CPU inference)",
+    )
+    bench.add_argument(
+        "--roofline",
+        action="store_true",
+        help="also measure this machine's matmul and convolution GFLOP/s and each inference case's share",
     )
     bench.add_argument("--time-budget-s", type=float, help="skip sizes predicted to take longer per call")
     return parser, dict(commands.choices)

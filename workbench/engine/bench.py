@@ -56,8 +56,10 @@ import torch
 from matplotlib.figure import Figure
 from torch import nn
 
+from workbench.engine.roofline import Roofline, achieved_gflops, measure_roofline
 from workbench.interop.export import measure_onnxruntime
 from workbench.models import create_segmentor, model_info
+from workbench.models.complexity import count_gmacs
 from workbench.precision import autocast, resolve_precision, use_channels_last
 
 
@@ -166,6 +168,10 @@ class BenchRow:
 class BenchResult:
     environment: dict[str, str]
     rows: list[BenchRow] = field(default_factory=list)
+    # With ``roofline=True``: the machine's limits per precision, and per measured eager inference
+    # case (model, precision, size) its GMACs and achieved GFLOP/s.
+    rooflines: dict[str, Roofline] = field(default_factory=dict)
+    achieved: list[tuple[BenchRow, float, float]] = field(default_factory=list)
 
 
 def environment(device: str) -> dict[str, str]:
@@ -361,10 +367,13 @@ def run_bench(
     memory_budget_mb: float | None = None,
     time_budget_s: float | None = None,
     quick: bool = False,
+    roofline: bool = False,
     log: Callable[[str], None] = print,
 ) -> BenchResult:
     """Every case of the grid, sizes in increasing order, skipping (and saying so) what the budgets
-    rule out. ``memory_budget_mb`` None: the CUDA device's memory, or the machine's available RAM."""
+    rule out. ``memory_budget_mb`` None: the CUDA device's memory, or the machine's available RAM.
+    ``roofline``: also measure the machine's matmul and convolution GFLOP/s per precision and what
+    each eager inference case achieves of them (``workbench.engine.roofline``)."""
     unknown = [name for name in models if name not in BENCH_MODELS]
     if unknown:
         raise ValueError(f"unknown bench model {unknown[0]!r}; choose from {', '.join(BENCH_MODELS)}")
@@ -422,7 +431,25 @@ def run_bench(
         ):
             result.rows.append(row)
             log(_describe(row))
+    if roofline:
+        _against_roofline(result, device, quick)
     return result
+
+
+def _against_roofline(result: BenchResult, device: str, quick: bool) -> None:
+    """Fill ``result.rooflines`` and ``result.achieved`` (GMACs counted once per model and size)."""
+    cases = [r for r in result.rows if r.status == "ok" and r.mode == "inference" and r.runtime == "eager"]
+    for precision in dict.fromkeys(row.precision for row in cases):
+        size = 256 if quick else 2048
+        result.rooflines[precision] = measure_roofline(
+            precision, device, size=size, channels=64 if quick else 512, spatial=16 if quick else 64
+        )
+    counted: dict[tuple[str, int], float] = {}
+    for row in cases:
+        key = (row.model, row.resolution)
+        if key not in counted:
+            counted[key] = count_gmacs(BENCH_MODELS[row.model].build(row.resolution, quick), row.resolution)
+        result.achieved.append((row, counted[key], achieved_gflops(counted[key], row.latency_ms, row.batch)))
 
 
 def _series(
@@ -568,6 +595,7 @@ def markdown(result: BenchResult, figure_names: Sequence[str] = (), title: str =
         lines.append(
             f"| {model} | {mode} | {precision} | {'yes' if compiled else 'no'} | {layout} |{runtime_cell} {sizes_text} | {exponent:.2f} |"
         )
+    lines += _roofline_section(result)
     lines += ["", "## Not run", ""]
     if result.environment.get("compiled") == "no":
         lines.append("- torch.compile: not timed in this run (`--compile` adds compiled cases).")
@@ -578,6 +606,30 @@ def markdown(result: BenchResult, figure_names: Sequence[str] = (), title: str =
         lines += ["", "## Plots", ""]
         lines += [f"![{name}]({name})" for name in figure_names]
     return "\n".join(lines) + "\n"
+
+
+def _roofline_section(result: BenchResult) -> list[str]:
+    """The machine's limits and each eager inference case's share of them (``--roofline``)."""
+    if not result.rooflines:
+        return []
+    lines = ["", "## Against the machine's roofline", ""]
+    lines += [
+        f"- {limits.precision}: matmul {limits.matmul_gflops:.0f} GFLOP/s, convolution "
+        f"{limits.conv_gflops:.0f} GFLOP/s (measured here, this run)"
+        for limits in result.rooflines.values()
+    ]
+    lines += [
+        "",
+        "| model | precision | layout | size | GMACs | achieved (GFLOP/s) | of the roofline |",
+        "|---|---|---|---:|---:|---:|---:|",
+    ]
+    for row, gmacs, gflops in result.achieved:
+        share = gflops / result.rooflines[row.precision].best
+        lines.append(
+            f"| {row.model} | {row.precision} | {row.layout} | {row.resolution}² | {gmacs:.1f} | "
+            f"{gflops:.0f} | {100 * share:.0f}% |"
+        )
+    return lines
 
 
 def figures(result: BenchResult, name: str = "benchmarks") -> dict[str, Figure]:
