@@ -17,7 +17,6 @@ apply to (the lens on HLG) is said in one line and the others go on.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ import yaml
 from workbench.build import build_datasets
 from workbench.config import Config, load_config
 from workbench.inference import load_run
+from workbench.inference.folder_outputs import write_atomically
 from workbench.studies.ablation import head_importance, importance_figure
 from workbench.studies.lens import layer_decoding, lens_figure
 from workbench.studies.probes import layer_probes, probe_figure
@@ -82,13 +82,6 @@ STUDIES = {
 }
 
 
-def _write_atomic(path: Path, write: Callable[[Path], Any]) -> None:
-    """``write(temporary path)`` then rename: a reader never sees half a file."""
-    staging = path.with_name(f".{path.name}.partial")
-    write(staging)
-    os.replace(staging, path)
-
-
 def model_label(source: str | Path) -> str:
     """A model's folder name: its run's, for a checkpoint inside the run's ``checkpoints/``."""
     path = Path(source)
@@ -125,14 +118,15 @@ def _record(folder: Path, settings: dict[str, Any]) -> None:
             )
         return
     folder.mkdir(parents=True, exist_ok=True)
-    _write_atomic(record, lambda path: path.write_text(yaml.safe_dump(settings, sort_keys=True)))
+    write_atomically(record, lambda file: file.write(yaml.safe_dump(settings, sort_keys=True).encode()))
 
 
 def _save(table: Table, figure: Any, folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     figure.savefig(folder / "figure.png", dpi=110, bbox_inches="tight")
     plt.close(figure)
-    _write_atomic(folder / "table.csv", table.to_csv)  # last: its presence marks the model done
+    # Last: its presence marks the model done.
+    write_atomically(folder / "table.csv", lambda file: file.write(table.csv_text().encode()))
 
 
 def run_study(

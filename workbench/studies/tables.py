@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +28,18 @@ class Table(list):
         """The values of field ``name``, one per row."""
         return [_as_dict(row)[name] for row in self]
 
+    def csv_text(self) -> str:
+        """The rows as CSV: a header of field names, one line per row."""
+        text = io.StringIO(newline="")
+        writer = csv.DictWriter(text, fieldnames=self.columns())
+        writer.writeheader()
+        writer.writerows(_as_dict(row) for row in self)
+        return text.getvalue()
+
     def to_csv(self, path: str | Path) -> Path:
-        """Write the rows as CSV (a header of field names, one line per row); returns the path."""
+        """Write ``csv_text`` to ``path``; returns the path."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("w", newline="") as file:
-            writer = csv.DictWriter(file, fieldnames=self.columns())
-            writer.writeheader()
-            writer.writerows(_as_dict(row) for row in self)
+            file.write(self.csv_text())
         return path
