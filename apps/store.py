@@ -276,6 +276,7 @@ class Models:
                     str(predictor.load_report),
                     f"device {predictor.device}, precision {predictor.precision.name} "
                     f"({predictor.precision.reason}), {predictor.num_classes} classes",
+                    *([f"fast path: {predictor.fast_path}"] if hasattr(predictor, "fast_path") else []),
                 ]
             )
 

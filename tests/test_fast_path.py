@@ -96,3 +96,43 @@ def test_precision_agreement_counts_the_pixels_both_precisions_label_alike():
     reference = evaluate(model, data, cfg, 5, progress=False)
     assert abs(result["mIoU_fp32"] - reference["mIoU"]) < 1e-9
     assert result["delta_mIoU"] == result["mIoU_bf16"] - result["mIoU_fp32"]
+
+
+def test_compile_setting_is_resolved_with_its_reason():
+    from workbench.fast_path import resolve_compile
+
+    auto_cpu = resolve_compile("auto", "cpu")
+    assert not auto_cpu.enabled and "eager on a CPU" in auto_cpu.reason and "docs/fast_path.md" in auto_cpu.reason
+    assert resolve_compile("auto", "cuda").enabled  # no GPU needed to decide
+    assert resolve_compile("yes", "cpu").enabled and resolve_compile(True, "cpu").enabled
+    assert not resolve_compile("no", "cuda").enabled and not resolve_compile(False, "cpu").enabled
+    try:
+        resolve_compile("fast", "cpu")
+    except ValueError as error:
+        assert str(error) == "compile must be one of auto, yes, no, got 'fast'"
+    else:
+        raise AssertionError("an unknown compile setting was accepted")
+    predictor = Predictor(tiny_setr_hlg().eval(), device="cpu")
+    assert not predictor.compile.enabled and "eager" in predictor.fast_path and "fp32" in predictor.fast_path
+
+
+def test_a_compiled_predictor_predicts_as_eager_with_the_models_current_weights():
+    """compile='yes' runs predictions through torch.compile: the same labels as eager; weights changed
+    in place afterwards (a notebook training on) are the ones it predicts with (no frozen copy); a
+    second image size recompiles and still agrees; explain sessions run the model itself."""
+    from .tiny import tiny_setr
+
+    torch.manual_seed(0)
+    model = tiny_setr("setr_naive_vit_base").eval()
+    rng = np.random.default_rng(1)
+    photo, other = (rng.integers(0, 256, (*size, 3), dtype=np.uint8) for size in ((48, 64), (40, 72)))
+    eager, fast = Predictor(model, device="cpu", compile="no"), Predictor(model, device="cpu", compile="yes")
+    assert fast.model is model and "compiled (asked for)" in fast.fast_path
+    np.testing.assert_array_equal(fast(photo).labels, eager(photo).labels)
+    with torch.no_grad():
+        model.decode_head.classifier.weight.mul_(-1)  # in place, as an optimizer step does
+    flipped = eager(photo).labels
+    np.testing.assert_array_equal(fast(photo).labels, flipped)
+    np.testing.assert_array_equal(fast(other).labels, eager(other).labels)
+    session = fast.open(photo)
+    assert session.sites() and np.array_equal(session.prediction.labels, flipped)

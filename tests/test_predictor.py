@@ -144,18 +144,33 @@ def test_bad_queries_and_settings_are_refused():
             Predictor(model, device="cuda")
 
 
-def test_labels_of_one_view_need_no_softmax_and_probs_come_on_request():
-    """At the image's own size the labels are the logits' arg-max (the softmax's, computed without
-    it); ``probs`` is that softmax when asked for, equal to evaluation's ``predict_probs``."""
+@pytest.mark.parametrize(
+    ("build", "size"),
+    [
+        (lambda: tiny_gpvit_segmentor("upernet"), (40, 56)),  # head at 1/8
+        (lambda: tiny_gpvit_segmentor("segformer"), (37, 61)),  # padded
+        (lambda: tiny_setr("setr_naive_vit_base"), (45, 70)),  # 1/16, padded
+        (lambda: tiny_setr("setr_pup_vit_base"), (48, 64)),  # 1/1
+        (lambda: tiny_setr("setr_mla_vit_base"), (50, 33)),  # 1/4, padded
+        (lambda: tiny_setr_hlg(), (52, 76)),  # 1/4, padded
+    ],
+)
+def test_labels_of_one_view_need_no_softmax_and_probs_come_on_request(build, size):
+    """At the image's own size the labels are the arg-max of the forward's logits, taken from the
+    head's logits without resizing all classes; ``probs`` is their softmax when asked for, equal to
+    evaluation's ``predict_probs``."""
     from workbench.engine.evaluate import predict_probs
 
-    model = tiny_gpvit_segmentor("upernet").eval()
+    model = build().eval()
     predictor = Predictor(model)
-    image = np.random.default_rng(3).integers(0, 256, (40, 56, 3), dtype=np.uint8)
+    image = np.random.default_rng(3).integers(0, 256, (*size, 3), dtype=np.uint8)
     prediction = predictor(image)
     _, tensor = predictor.preprocess(image)
     with torch.no_grad():
         reference = predict_probs(model, tensor, EvalConfig(), model.num_classes)[0]
+    with torch.no_grad():
+        forward = forward_padded(model, tensor)[0]
+    assert np.array_equal(prediction.labels, forward.argmax(0).numpy())
     assert np.array_equal(prediction.labels, reference.argmax(0).numpy())
     torch.testing.assert_close(prediction.probs, reference, rtol=0, atol=0)
     session = predictor.open(image, probs=False)

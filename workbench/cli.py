@@ -247,6 +247,7 @@ def _bench(args: argparse.Namespace) -> None:
             quick=args.quick,
             runtimes=args.runtimes,
             roofline=args.roofline,
+            baseline=args.baseline,
         )
     finally:
         torch.set_num_threads(threads)
@@ -497,6 +498,11 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         help="bf16: under torch.autocast",
     )
     bench.add_argument("--compile", action="store_true", help="also time torch.compile'd models")
+    bench.add_argument(
+        "--baseline",
+        choices=["eager"],
+        help="also time plain eager execution of every case and report each case's speed-up over it",
+    )
     bench.add_argument(
         "--layouts",
         nargs="+",

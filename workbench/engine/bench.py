@@ -159,6 +159,8 @@ class BenchRow:
     note: str = ""
     layout: str = "contiguous"
     runtime: str = "eager"
+    # With a baseline (``--baseline eager``): the baseline case's latency over this one's (> 1: faster).
+    speedup: float = math.nan
 
     def series(self) -> tuple[str, str, str, bool, str, str]:
         return self.model, self.mode, self.precision, self.compiled, self.layout, self.runtime
@@ -368,12 +370,21 @@ def run_bench(
     time_budget_s: float | None = None,
     quick: bool = False,
     roofline: bool = False,
+    baseline: str | None = None,
     log: Callable[[str], None] = print,
 ) -> BenchResult:
     """Every case of the grid, sizes in increasing order, skipping (and saying so) what the budgets
     rule out. ``memory_budget_mb`` None: the CUDA device's memory, or the machine's available RAM.
     ``roofline``: also measure the machine's matmul and convolution GFLOP/s per precision and what
-    each eager inference case achieves of them (``workbench.engine.roofline``)."""
+    each eager inference case achieves of them (``workbench.engine.roofline``). ``baseline="eager"``
+    times plain eager execution (uncompiled, contiguous, PyTorch) of every case too, and gives each case
+    its speed-up over it at the same model, mode, precision and size (``BenchRow.speedup``)."""
+    if baseline not in (None, "eager"):
+        raise ValueError(f"baseline must be 'eager' or None, got {baseline!r}")
+    if baseline == "eager":  # the baseline cases join the grid, first in each series' order
+        compiled = (False, *[item for item in compiled if item])
+        layouts = ("contiguous", *[item for item in layouts if item != "contiguous"])
+        runtimes = ("eager", *[item for item in runtimes if item != "eager"])
     unknown = [name for name in models if name not in BENCH_MODELS]
     if unknown:
         raise ValueError(f"unknown bench model {unknown[0]!r}; choose from {', '.join(BENCH_MODELS)}")
@@ -433,7 +444,23 @@ def run_bench(
             log(_describe(row))
     if roofline:
         _against_roofline(result, device, quick)
+    if baseline:
+        result.environment["baseline"] = "eager: uncompiled, contiguous, PyTorch, same precision"
+        _against_baseline(result)
     return result
+
+
+def _against_baseline(result: BenchResult) -> None:
+    """Each measured row's speed-up over plain eager execution of its model, mode, precision and size."""
+    eager = {
+        (row.model, row.mode, row.precision, row.resolution): row.latency_ms
+        for row in result.rows
+        if row.status == "ok" and (row.compiled, row.layout, row.runtime) == (False, "contiguous", "eager")
+    }
+    for row in result.rows:
+        base = eager.get((row.model, row.mode, row.precision, row.resolution))
+        if row.status == "ok" and base is not None:
+            row.speedup = base / row.latency_ms
 
 
 def _against_roofline(result: BenchResult, device: str, quick: bool) -> None:
@@ -560,6 +587,8 @@ def markdown(result: BenchResult, figure_names: Sequence[str] = (), title: str =
     # The runtime column only where a run timed more than eager PyTorch.
     runtime_head = " runtime |" if any(row.runtime != "eager" for row in result.rows) else ""
     runtime_rule = "---|" if runtime_head else ""
+    baseline = "baseline" in result.environment
+    speedup_head, speedup_rule = (" vs eager |", "---:|") if baseline else ("", "")
     lines += [
         "",
         "## Latency, throughput and peak memory",
@@ -567,14 +596,16 @@ def markdown(result: BenchResult, figure_names: Sequence[str] = (), title: str =
         "Peak memory: the increase during the case, model build included (CPU: peak RSS; CUDA: "
         "`max_memory_allocated`). `first call` holds the compile time of compiled cases.",
         "",
-        f"| model | mode | precision | compiled | layout |{runtime_head} size | tokens | latency (ms) | throughput (img/s) | peak memory (MB) | first call (s) | note |",
-        f"|---|---|---|---|---|{runtime_rule}---:|---:|---:|---:|---:|---:|---|",
+        f"| model | mode | precision | compiled | layout |{runtime_head} size | tokens | latency (ms) |{speedup_head} throughput (img/s) | peak memory (MB) | first call (s) | note |",
+        f"|---|---|---|---|---|{runtime_rule}---:|---:|---:|{speedup_rule}---:|---:|---:|---|",
     ]
     for row in result.rows:
         runtime_cell = f" {row.runtime} |" if runtime_head else ""
         lines.append(
             f"| {row.model} | {row.mode} | {row.precision} | {'yes' if row.compiled else 'no'} | {row.layout} |{runtime_cell} {row.resolution}² | "
-            f"{row.tokens} | {_cell(row.latency_ms, '.1f')} | {_cell(row.throughput_img_s, '.3g')} | "
+            f"{row.tokens} | {_cell(row.latency_ms, '.1f')} |"
+            + (f" {'—' if math.isnan(row.speedup) else f'{row.speedup:.2f}×'} |" if baseline else "")
+            + f" {_cell(row.throughput_img_s, '.3g')} | "
             f"{_cell(row.peak_memory_mb, '.0f')} | {_cell(row.first_call_s, '.2f')} | "
             f"{'skipped: ' + row.note if row.status != 'ok' else ''} |"
         )

@@ -15,6 +15,7 @@ from workbench.data.transforms import IGNORE_INDEX
 from workbench.engine.distributed import all_reduce_sum, is_main
 from workbench.models.explain import View, seen_as
 from workbench.models.layers import pad_for
+from workbench.models.segmentor import Segmentor
 from workbench.precision import Precision, autocast, resolve_precision
 
 
@@ -64,6 +65,19 @@ def forward_padded(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     """Logits at the input size, padding (and cropping back) to the model's size divisor and minimum."""
     height, width = images.shape[-2:]
     return model(pad_for(model, images))[..., :height, :width]
+
+
+def decode_padded(
+    model: nn.Module, images: torch.Tensor, forward: nn.Module | None = None
+) -> tuple[torch.Tensor, tuple[int, int]]:
+    """What ``forward_padded`` resizes and crops: the logits of ``images`` padded to the model's size
+    divisor and minimum at the decode head's resolution (a ``Segmentor``'s ``resize_logits=False``;
+    other models give their forward's), and the padded size. ``forward`` runs the model instead of it
+    (its compiled module, ``workbench.fast_path``)."""
+    padded = pad_for(model, images)
+    forward = model if forward is None else forward
+    logits = forward(padded, resize_logits=False) if isinstance(model, Segmentor) else forward(padded)
+    return logits, (padded.shape[-2], padded.shape[-1])
 
 
 def slide_logits(

@@ -49,6 +49,7 @@ def load_predictor(
     dataset: str | None = None,
     device: str | None = None,
     precision: str = "fp32",
+    compile: str | bool = "auto",
     channels_last: bool = True,
     ema: bool = False,
     score_threshold: float = 0.3,
@@ -58,10 +59,12 @@ def load_predictor(
     weights (a path, URL or catalogue name) for the registered ``model`` with ``num_classes`` classes
     (a catalogue name supplies both when omitted). ``dataset`` names the release's data set where its
     class count does not (see ``recipes``); ``model_kwargs`` build the model. ``score_threshold``
-    applies to detectors, ``channels_last`` and ``ema`` (a run's EMA weights) to what they fit."""
+    applies to detectors, ``channels_last`` and ``ema`` (a run's EMA weights) to what they fit.
+    ``precision`` ("fp32"; "auto": ``workbench.precision``) and ``compile`` ("auto":
+    ``workbench.fast_path``) are the Predictor's; a detector takes the precision."""
     from workbench.interop.download import CATALOGUE
 
-    settings = dict(device=device, precision=precision, channels_last=channels_last)
+    settings = dict(device=device, precision=precision, channels_last=channels_last, compile=compile)
     if model is None and str(source) in CATALOGUE:
         model = CATALOGUE[str(source)].model
     if model is None:
@@ -90,7 +93,14 @@ def _from_run(
         )
     else:
         model = _placed(model, device, settings["channels_last"])
-        predictor = Predictor(model, cfg.eval, classes_of(cfg), eval_transform(cfg), precision=precision)
+        predictor = Predictor(
+            model,
+            cfg.eval,
+            classes_of(cfg),
+            eval_transform(cfg),
+            precision=precision,
+            compile=settings["compile"],
+        )
     predictor.load_report = report
     return predictor
 
@@ -128,9 +138,11 @@ def _from_release(
         segmentor = _placed(segmentor, device, settings["channels_last"])
         recipe = recipe_for(name, num_classes, dataset)
         if recipe is None:  # no recipe known: whole images at their own size, the model's mean/std
-            predictor = Predictor(segmentor, precision=precision)
+            predictor = Predictor(segmentor, precision=precision, compile=settings["compile"])
         else:
             transform, classes = eval_transform(recipe), classes_of(recipe)
-            predictor = Predictor(segmentor, recipe.eval, classes, transform, precision=precision)
+            predictor = Predictor(
+                segmentor, recipe.eval, classes, transform, precision=precision, compile=settings["compile"]
+            )
     predictor.load_report = report
     return predictor

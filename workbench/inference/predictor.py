@@ -19,6 +19,7 @@ image reader, the device rule and the precision setting.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,14 +31,16 @@ from workbench.config import IMAGENET_MEAN, IMAGENET_STD, EvalConfig
 from workbench.data.classes import Classes
 from workbench.data.image import ImageSource, read_image
 from workbench.data.transforms import EvalTransform
-from workbench.engine.evaluate import forward_padded, predict_probs
+from workbench.engine.evaluate import decode_padded, predict_probs
 from workbench.inference.labels import argmax_resized
 from workbench.inference.placement import as_given, is_channels_last
 from workbench.inference.queries import SessionQueries
 from workbench.inference.session import Session
 from workbench.models.detection.detectors import DetectorMixin
 from workbench.models.explain import View
+from workbench.models.layers import resize
 from workbench.models.segmentor import Segmentor
+from workbench.fast_path import compiled, resolve_compile
 from workbench.precision import autocast, model_device_dtype, resolve_precision
 from workbench.viz.overlay import colorize, overlay
 from workbench.viz.record import capture
@@ -50,8 +53,9 @@ class Prediction:
     """A segmentation of one image: ``labels`` (H, W) at the image's size, ``probs`` (K, h, w) on the
     model's input (the test-scale view; ``probs_on_image`` resizes them), the classes' colours.
 
-    From a single view the prediction keeps the logits and computes ``probs`` (their softmax) on first
-    access: labels alone, what most callers want, never pay for the K x h x w softmax.
+    From a single view the prediction keeps how to make the logits (the head's, resized on request) and
+    computes ``probs`` (their softmax) on first access: labels alone, what most callers want, never pay
+    for the K x h x w resize and softmax.
     """
 
     def __init__(
@@ -59,7 +63,7 @@ class Prediction:
         labels: np.ndarray,
         probs: torch.Tensor | None,
         classes: Classes,
-        logits: torch.Tensor | None = None,
+        logits: Callable[[], torch.Tensor] | None = None,
     ) -> None:
         self.labels = labels
         self.classes = classes
@@ -70,7 +74,7 @@ class Prediction:
         """(K, h, w) probabilities on the model input; None where a session was opened without them
         (``open(probs=False)``)."""
         if self._probs is None and self._logits is not None:
-            self._probs, self._logits = self._logits.float().softmax(0), None
+            self._probs, self._logits = self._logits().float().softmax(0), None
         return self._probs
 
     @probs.setter
@@ -140,9 +144,12 @@ class Predictor(SessionQueries):
         classes: names and palette; numbered classes when absent or of another count.
         transform: the evaluation preprocessing (default: no resize, the model's mean/std).
         device: None (the model's own), "cpu", "cuda" or "cuda:N" (refused without a GPU).
-        precision: "fp32" (the default), "bf16", "fp16" or "auto" (``workbench.precision``;
-            ``self.precision.reason`` says what auto chose). Probabilities and explain queries are
-            computed in fp32 whatever the forward ran in.
+        precision: "fp32" (the default: reproducible to the last bit), "auto" (bf16 on a CUDA GPU
+            or a CPU with native bf16, else fp32: the app's and the CLI's default), "bf16" or "fp16" (``workbench.precision``; ``self.precision.reason`` says what auto chose).
+            Probabilities and explain queries are computed in fp32 whatever the forward ran in.
+        compile: "auto" (the default: compiled on a CUDA GPU, eager on a CPU), "yes" or "no"
+            (``workbench.fast_path``; ``self.compile.reason`` says why). Predictions only: explain
+            sessions run eager. ``self.fast_path`` says, in one line, how predictions run.
         channels_last: None keeps the model's layout; True / False ask for channels-last /
             contiguous convolution weights (``use_channels_last``).
     """
@@ -156,11 +163,14 @@ class Predictor(SessionQueries):
         device: torch.device | str | None = None,
         precision: str = "fp32",
         channels_last: bool | None = None,
+        compile: str | bool = "auto",
     ) -> None:
         check_segmentor(model)
         self.model, self.note = as_given(model, device, channels_last)
         self.device, self.dtype = model_device_dtype(self.model)
         self.precision = resolve_precision(precision, self.device)
+        self.compile = resolve_compile(compile, self.device)
+        self._forward = compiled(self.model, self.compile)  # predictions; sessions call the model
         self.eval_cfg = eval_cfg or EvalConfig()
         self.num_classes = model.num_classes
         if classes is None or len(classes) != self.num_classes:  # e.g. a converted release checkpoint
@@ -189,6 +199,14 @@ class Predictor(SessionQueries):
         return load_predictor(source, model=model, num_classes=num_classes, **options)
 
     @property
+    def fast_path(self) -> str:
+        """How predictions run, in one line: precision, compile and labels, each with its reason."""
+        return (
+            f"{self.precision.name} ({self.precision.reason}); {self.compile}; labels from the decode "
+            "head's logits (no K x H x W resize)"
+        )
+
+    @property
     def channels_last(self) -> bool:
         return is_channels_last(self.model)
 
@@ -205,15 +223,25 @@ class Predictor(SessionQueries):
         labels = argmax_resized(probs[0], array.shape[:2])
         return Prediction(labels.cpu().numpy(), probs[0].cpu(), self.classes)
 
-    def _from_logits(self, array: np.ndarray, logits: torch.Tensor) -> Prediction:
-        """Logits (1, K, h, w) of the single view -> labels; the softmax only where the labels need
-        it (the input resized from the image: the evaluation's rule resizes probabilities)."""
-        if tuple(logits.shape[-2:]) != tuple(array.shape[:2]):
-            return self._prediction(array, logits.float().softmax(1))
-        # The arg-max of the softmax, without computing it, in the forward's dtype (casting to fp32
-        # is exact and keeps the order).
-        labels = logits[0].argmax(0)
-        return Prediction(labels.cpu().numpy(), None, self.classes, logits=logits[0].cpu())
+    def _from_view(self, array: np.ndarray, tensor: torch.Tensor, explain: bool = False) -> Prediction:
+        """The prediction of the one whole view ``tensor`` (1, 3, h, w). Its labels are the arg-max of
+        the forward's logits (the head's, resized to the input): taken from the head's logits by
+        ``argmax_resized`` (exact, without the K x h x w resize), probabilities made on request. An
+        input resized from the image gives probabilities first (the evaluation's rule resizes them).
+        ``explain``: run the model itself (a session's probes), never its compiled module."""
+        height, width = tensor.shape[-2:]
+        with autocast(self.precision, self.device):
+            head, padded = decode_padded(self.model, tensor, None if explain else self._forward)
+        head = head[0]
+
+        def logits() -> torch.Tensor:  # (K, h, w) as the forward gives them, in fp32
+            aligned = getattr(self.model, "align_corners", False)
+            return resize(head[None].float(), padded, aligned)[0, :, :height, :width]
+
+        if (height, width) != tuple(array.shape[:2]) or getattr(self.model, "align_corners", False):
+            return self._prediction(array, logits()[None].softmax(1))
+        labels = argmax_resized(head, padded)[:height, :width]
+        return Prediction(labels.cpu().numpy(), None, self.classes, logits=lambda: logits().cpu())
 
     def _single_view(self) -> bool:
         """Whether the recipe's inference is one whole forward (no scales, flips or windows)."""
@@ -222,14 +250,11 @@ class Predictor(SessionQueries):
 
     @torch.no_grad()
     def _predict(self, array: np.ndarray, tensor: torch.Tensor) -> Prediction:
+        if self._single_view():
+            return self._from_view(array, tensor)
         with autocast(self.precision, self.device):
-            if self._single_view():
-                logits = forward_padded(self.model, tensor)
-            else:
-                return self._prediction(
-                    array, predict_probs(self.model, tensor, self.eval_cfg, self.num_classes)
-                )
-        return self._from_logits(array, logits)
+            probs = predict_probs(self.model, tensor, self.eval_cfg, self.num_classes)
+        return self._prediction(array, probs)
 
     def __call__(self, image: ImageSource) -> Prediction:
         """Segment one image (a path, PIL image or array; any mode the image reader takes)."""
@@ -246,10 +271,14 @@ class Predictor(SessionQueries):
         keeping many sessions wants when it shows labels only."""
         array, tensor = self.preprocess(image)
         view = View(tuple(tensor.shape[-2:]))
-        with capture(self.model) as cached, autocast(self.precision, self.device):
-            logits = forward_padded(self.model, tensor)
-        # One view: the labels are this forward's; otherwise the recipe's full inference gives them.
-        prediction = self._from_logits(array, logits) if self._single_view() else self._predict(array, tensor)
+        with capture(self.model) as cached:  # one view: the labels are this forward's
+            if self._single_view():
+                prediction = self._from_view(array, tensor, explain=True)
+            else:
+                with autocast(self.precision, self.device):
+                    decode_padded(self.model, tensor)
+        if not self._single_view():  # the recipe's full inference gives the labels
+            prediction = self._predict(array, tensor)
         if not probs:
             prediction.probs = None
         return Session(array, view, cached, prediction, self)

@@ -130,11 +130,14 @@ class Segmentor(nn.Module):
             self.num_classes = 0
         return kept
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Logits (B, num_classes, H, W) at the resolution of ``images`` (B, in_chans, H, W)."""
+    def forward(self, images: torch.Tensor, resize_logits: bool = True) -> torch.Tensor:
+        """Logits (B, num_classes, H, W) at the resolution of ``images`` (B, in_chans, H, W).
+        ``resize_logits=False`` gives the decode head's logits at its own resolution (GPViT 1/8, HLG
+        and SETR-MLA 1/4, SETR-Naive 1/16, SETR-PUP 1/1), before the bilinear resize to the input:
+        what the Predictor takes its labels from without the K x H x W resize."""
         features = self.extract_features(images)
         logits = self.decode_head(_take(features, self.decode_in))
-        return resize(logits, images.shape[-2:], self.align_corners)
+        return resize(logits, images.shape[-2:], self.align_corners) if resize_logits else logits
 
     def losses(self, images: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
         """Training losses for images (B, C, H, W) and integer label maps ``targets`` (B, H, W).
