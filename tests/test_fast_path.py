@@ -102,7 +102,11 @@ def test_compile_setting_is_resolved_with_its_reason():
     from workbench.fast_path import resolve_compile
 
     auto_cpu = resolve_compile("auto", "cpu")
-    assert not auto_cpu.enabled and "eager on a CPU" in auto_cpu.reason and "docs/fast_path.md" in auto_cpu.reason
+    assert (
+        not auto_cpu.enabled
+        and "eager on a CPU" in auto_cpu.reason
+        and "docs/fast_path.md" in auto_cpu.reason
+    )
     assert resolve_compile("auto", "cuda").enabled  # no GPU needed to decide
     assert resolve_compile("yes", "cpu").enabled and resolve_compile(True, "cpu").enabled
     assert not resolve_compile("no", "cuda").enabled and not resolve_compile(False, "cpu").enabled

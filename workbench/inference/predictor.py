@@ -32,6 +32,7 @@ from workbench.data.classes import Classes
 from workbench.data.image import ImageSource, read_image
 from workbench.data.transforms import EvalTransform
 from workbench.engine.evaluate import decode_padded, predict_probs
+from workbench.fast_path import compiled, resolve_compile
 from workbench.inference.labels import argmax_resized
 from workbench.inference.placement import as_given, is_channels_last
 from workbench.inference.queries import SessionQueries
@@ -40,7 +41,6 @@ from workbench.models.detection.detectors import DetectorMixin
 from workbench.models.explain import View
 from workbench.models.layers import resize
 from workbench.models.segmentor import Segmentor
-from workbench.fast_path import compiled, resolve_compile
 from workbench.precision import autocast, model_device_dtype, resolve_precision
 from workbench.viz.overlay import colorize, overlay
 from workbench.viz.record import capture
