@@ -203,3 +203,32 @@ def test_the_roofline_section_reads_each_inference_case_against_the_machines_lim
     assert "## Against the machine's roofline" in report and "- fp32: matmul " in report
     assert f"| gpvit_l1 | fp32 | contiguous | 32² | {gmacs:.1f} | {gflops:.0f} |" in report
     assert "roofline" not in bench.markdown(bench.BenchResult(result.environment, result.rows))
+
+
+def test_baseline_eager_times_plain_eager_and_gives_each_case_its_speedup():
+    """``baseline="eager"`` adds the plain eager cases to the grid (here only channels-last was asked
+    for) and gives every row its eager latency over its own, at the same model, precision and size."""
+    result = bench.run_bench(
+        models=["gpvit_l1"],
+        sizes=[32],
+        modes=["inference"],
+        layouts=["channels_last"],
+        repeats=1,
+        quick=True,
+        baseline="eager",
+        log=print,
+    )
+    eager, channels_last = result.rows
+    assert (eager.layout, eager.compiled, eager.runtime) == ("contiguous", False, "eager")
+    assert eager.speedup == 1.0
+    assert channels_last.layout == "channels_last"
+    assert channels_last.speedup == pytest.approx(eager.latency_ms / channels_last.latency_ms)
+    report = bench.markdown(result)
+    assert "| vs eager |" in report and f"| {channels_last.speedup:.2f}× |" in report
+    assert "baseline" in result.environment and "vs eager" not in bench.markdown(
+        bench.run_bench(
+            models=["gpvit_l1"], sizes=[32], modes=["inference"], repeats=1, quick=True, log=print
+        )
+    )
+    with pytest.raises(ValueError, match="baseline must be 'eager' or None, got 'onnx'"):
+        bench.run_bench(models=["gpvit_l1"], sizes=[32], quick=True, baseline="onnx")

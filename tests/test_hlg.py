@@ -204,3 +204,38 @@ def test_recording_keeps_outputs_within_tolerance_and_reads_on_the_grid():
 def test_bad_input_is_refused_with_a_clear_error(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_inference_keeps_the_position_bias_and_recomputes_it_when_the_weights_change(monkeypatch):
+    """Without gradients the position biases (which depend on the grid and weights, not the image)
+    are computed once per grid: the second forward computes none and gives the same outputs bit for
+    bit; an in-place weight change (an optimizer step) or another grid computes them again; with
+    gradients they are computed each time and train."""
+    torch.manual_seed(0)
+    model = tiny_setr_hlg().eval()
+    computed = []
+    original = hlg.DynamicPositionBias._bias
+    monkeypatch.setattr(
+        hlg.DynamicPositionBias,
+        "_bias",
+        lambda self, *args: computed.append(args[0]) or original(self, *args),
+    )
+    images = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        first = model(images)
+        per_forward = len(computed)
+        assert per_forward > 0 and torch.equal(model(images), first) and len(computed) == per_forward
+        model(torch.randn(1, 3, 96, 64))  # another grid: its global biases (7x7 local ones are shared)
+        after_grid = len(computed)
+        assert per_forward < after_grid < 2 * per_forward
+        module = next(m for m in model.modules() if isinstance(m, hlg.DynamicPositionBias))
+        module.pos3[-1].bias.add_(1.0)  # in place: its version counter moves
+        changed = model(images)
+    assert 1 <= len(computed) - after_grid < per_forward  # the changed module's bias only
+    fresh = tiny_setr_hlg().eval()
+    fresh.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        assert torch.equal(fresh(images), changed) and not torch.equal(changed, first)
+    model.train()
+    model.losses(torch.randn(2, 3, 64, 64), torch.randint(0, 5, (2, 64, 64)))["loss"].backward()
+    assert module.pos3[-1].weight.grad is not None and module.pos3[-1].weight.grad.abs().sum() > 0

@@ -11,11 +11,12 @@ ROOT = Path(workbench.__file__).parent
 
 # What each layer may import from the workbench (besides itself). Leaves: config and cache.
 # Training (engine), inference and studies each have a room of their own above models, data and viz.
-LOWER = {"config", "cache", "precision", "models", "data", "viz", "interop", "build"}
+LOWER = {"config", "cache", "precision", "fast_path", "models", "data", "viz", "interop", "build"}
 ALLOWED = {
     "config": set(),
     "cache": set(),
     "precision": set(),
+    "fast_path": set(),
     "models": {"config"},
     "data": {"config", "cache"},
     "viz": {"config", "precision", "models", "data"},
