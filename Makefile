@@ -31,7 +31,7 @@ docs: $(VENV)/.installed
 
 # On this machine's CPU with 2 threads: docs/fast_path.md (GPViT-L1 at 512²: precision x layout),
 # docs/compile.md (torch.compile), docs/benchmarks.md (every model, 256² to 2048², a 20 s budget per
-# call) and docs/fidelity.md (bf16 against fp32 on the GPViT and SETR demo models; trains them once if absent).
+# call) and docs/fidelity.md (bf16 against fp32 on the three demo models; trains them once if absent).
 BENCH := $(BIN)/workbench bench --out docs/ --threads 2
 bench: $(VENV)/.installed
 	$(BENCH) --name fast_path --title "Fast path: GPViT-L1 at 512²" --models gpvit_l1 gpvit_l1_upernet \
@@ -39,7 +39,7 @@ bench: $(VENV)/.installed
 	$(BENCH) --name compile --title "torch.compile: GPViT-L1 backbone at 512²" --models gpvit_l1 \
 		--modes inference --sizes 512 --precisions fp32 bf16 --compile --repeats 3
 	$(BENCH) --sizes 256 512 1024 2048 --precisions fp32 bf16 --repeats 1 --time-budget-s 20
-	$(BIN)/python benchmarks/fidelity.py --threads 2 --out docs/fidelity.md demo_gpvit demo_setr
+	$(BIN)/python benchmarks/fidelity.py --threads 2 --out docs/fidelity.md demo_gpvit demo_setr demo_hlg
 
 # JupyterLab in notebooks/ on 127.0.0.1 only, the project's .venv as the kernel; prints the URL with its
 # token. Another port: make lab LAB_PORT=8899.

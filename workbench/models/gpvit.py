@@ -87,12 +87,13 @@ def token_grid(image_size: Sequence[int]) -> tuple[int, int]:
 
 
 def _to_map(tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """(B, H*W, C) -> (B, C, H, W)."""
-    return tokens.transpose(1, 2).reshape(tokens.shape[0], -1, *grid)
+    """(B, H*W, C) -> (B, C, H, W) laid out channels-last: a view of the tokens, no copy, and the
+    convolutions run oneDNN's channels-last kernels on it."""
+    return tokens.reshape(tokens.shape[0], *grid, tokens.shape[-1]).permute(0, 3, 1, 2)
 
 
 def _to_tokens(feature_map: torch.Tensor) -> torch.Tensor:
-    """(B, C, H, W) -> (B, H*W, C)."""
+    """(B, C, H, W) -> (B, H*W, C): a view (contiguous tokens) when the map is channels-last."""
     return feature_map.flatten(2).transpose(1, 2)
 
 
@@ -183,7 +184,7 @@ class StripeAttention(nn.Module, Probed):
         """q, k, v (B, H*W, dim) -> (B, H*W, dim)."""
         window = self.window(grid)
         q_s, k_s, values = (_to_stripes(t, grid, window) for t in (q, k, v))  # (B * windows, L, dim)
-        lepe = _to_tokens(self.lepe(values.transpose(1, 2).reshape(-1, values.shape[-1], *window)))
+        lepe = _to_tokens(self.lepe(_to_map(values, window)))
         mask = self.key_mask(grid, q.shape[0], q.device)
         heads = [split_heads(t, self.num_heads) for t in (q_s, k_s, values)]
         attended = attend(*heads, mask, probe=self.probe(), layout=lambda: self.layout(grid))

@@ -1,0 +1,186 @@
+"""Side by side at one size and precision: each model's eager forward, mmseg's way to labels, the
+Predictor, torch.compile, the machine's roofline and where the time goes (not a test; writes Markdown).
+
+    python benchmarks/fast_path.py --threads 2 --compile --out docs/fast_path.md
+
+Per model, in one process, on fixed random weights and a random 512x512 photo:
+- ``forward``: the model's forward under ``torch.autocast`` (plain eager; the bench's baseline).
+- ``mmseg labels``: forward, softmax over the classes at the input's size and arg-max: how mmseg's
+  ``simple_test`` (and the papers' code built on it) turns logits into labels.
+- ``Predictor``: ``Predictor(model, precision=...)(photo)`` end to end, preprocessing included.
+- ``compiled``: ``torch.compile`` (inductor) of the forward: its first call (the compile) and median.
+Medians of ``--repeats`` calls, the cases of a model interleaved so drift hits them alike. GFLOP/s are
+2 x GMACs (``workbench.models.complexity``) per second, against the roofline measured here
+(``workbench.engine.roofline``). The profile splits one eager forward's operator time by kind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import timm
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from workbench import Predictor
+from workbench.engine.roofline import achieved_gflops, measure_roofline
+from workbench.models import create_segmentor
+from workbench.models.complexity import count_gmacs
+from workbench.precision import autocast, resolve_precision
+
+MODELS = {  # name -> (build at a size, is a segmentor)
+    "gpvit_l1_upernet": (lambda size: create_segmentor("gpvit_l1_upernet", num_classes=150), True),
+    "gpvit_l1": (lambda size: timm.create_model("gpvit_l1", num_classes=0), False),
+    "setr_pup_vit_base": (
+        lambda size: create_segmentor("setr_pup_vit_base", num_classes=150, img_size=size),
+        True,
+    ),
+    "setr_pup_vit_large": (
+        lambda size: create_segmentor("setr_pup_vit_large", num_classes=150, img_size=size),
+        True,
+    ),
+    "setr_hlg_small": (lambda size: create_segmentor("setr_hlg_small", num_classes=150), True),
+    "vit_base_patch16_384": (
+        lambda size: timm.create_model("vit_base_patch16_384", num_classes=0, dynamic_img_size=True),
+        False,
+    ),
+}
+KINDS = {  # operator kind -> name fragments of the aten operators it counts
+    "convolution": ("convolution",),
+    "matmul": ("addmm", "aten::mm", "bmm", "aten::matmul"),
+    "attention": ("scaled_dot_product",),
+    "resize": ("upsample",),
+    "copies": ("copy_", "clone", "contiguous", "aten::cat", "constant_pad"),
+    "norms": ("layer_norm", "batch_norm", "group_norm"),
+}
+
+
+def median_ms(function: Callable[[], object], repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1000
+
+
+def mmseg_labels(model: torch.nn.Module, images: torch.Tensor) -> np.ndarray:
+    """Logits at the input size, their softmax and arg-max, as mmseg's ``simple_test`` does."""
+    return model(images).float().softmax(1).argmax(1).cpu().numpy()
+
+
+def profile_kinds(forward: Callable[[], object]) -> dict[str, float]:
+    """Self CPU milliseconds of one call by operator kind, the rest under "other"."""
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        forward()
+    kinds = dict.fromkeys([*KINDS, "other"], 0.0)
+    for event in prof.key_averages():
+        if not event.key.startswith("aten::"):
+            continue
+        kind = next((k for k, parts in KINDS.items() if any(p in event.key for p in parts)), "other")
+        kinds[kind] += event.self_cpu_time_total / 1000
+    return kinds
+
+
+def measure(name: str, size: int, precision: str, repeats: int, compile_model: bool) -> dict:
+    build, segmentor = MODELS[name]
+    torch.manual_seed(0)
+    model = build(size).eval()
+    chosen = resolve_precision(precision, "cpu")
+    images = torch.randn(1, 3, size, size)
+    photo = np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    forward = model if segmentor else model.forward_features
+    cases: dict[str, Callable[[], object]] = {"forward": lambda: forward(images)}
+    if segmentor:
+        cases["mmseg labels"] = lambda: mmseg_labels(model, images)
+        predictor = Predictor(model, precision=precision, compile="no")
+        cases["Predictor"] = lambda: predictor(photo)
+    row: dict = {"model": name, "gmacs": count_gmacs(build(size), size)}
+    with torch.no_grad(), autocast(chosen, "cpu"):
+        if compile_model:
+            compiled = torch.compile(forward)
+            start = time.perf_counter()
+            compiled(images)
+            row["compile_s"] = time.perf_counter() - start
+            cases["compiled"] = lambda: compiled(images)
+        for case in cases.values():
+            case()  # warm
+        rounds = {label: [] for label in cases}
+        for _ in range(repeats):
+            for label, case in cases.items():
+                rounds[label].append(median_ms(case, 1))
+        row |= {label: statistics.median(times) for label, times in rounds.items()}
+        row["kinds"] = profile_kinds(lambda: forward(images))
+    print(row, flush=True)
+    return row
+
+
+def report(rows: list[dict], size: int, precision: str, roofline, threads: int) -> str:
+    lines = [
+        f"# Fast path: side by side at {size}², {precision}, batch 1",
+        "",
+        "Regenerate with `make bench` (`python benchmarks/fast_path.py`). "
+        f"{threads} CPU threads, torch {torch.__version__}, timm {timm.__version__}; random weights; "
+        f"medians of interleaved calls. Roofline measured in the same run: matmul "
+        f"{roofline.matmul_gflops:.0f} GFLOP/s, convolution {roofline.conv_gflops:.0f} GFLOP/s ({precision}).",
+        "",
+        "| model | GMACs | forward (ms) | GFLOP/s | of roofline | mmseg labels (ms) | Predictor (ms) | "
+        "Predictor vs mmseg | compiled (ms) | compiled vs forward | compile (s) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        gflops = achieved_gflops(row["gmacs"], row["forward"])
+        cells = [
+            row["model"],
+            f"{row['gmacs']:.1f}",
+            f"{row['forward']:.0f}",
+            f"{gflops:.0f}",
+            f"{100 * gflops / roofline.best:.0f}%",
+        ]
+        mmseg, predictor, compiled = (row.get(key) for key in ("mmseg labels", "Predictor", "compiled"))
+        cells += [f"{mmseg:.0f}" if mmseg else "—", f"{predictor:.0f}" if predictor else "—"]
+        cells += [f"{mmseg / predictor:.2f}×" if predictor else "—"]
+        cells += [f"{compiled:.0f}" if compiled else "—"]
+        cells += [f"{row['forward'] / compiled:.2f}×" if compiled else "—"]
+        cells += [f"{row['compile_s']:.0f}" if compiled else "—"]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "## Where an eager forward's time goes (profiled, self CPU ms and share)", ""]
+    kinds = list(rows[0]["kinds"])
+    lines += ["| model | " + " | ".join(kinds) + " |", "|---|" + "---:|" * len(kinds)]
+    for row in rows:
+        total = sum(row["kinds"].values())
+        lines.append(
+            f"| {row['model']} | "
+            + " | ".join(f"{ms:.0f} ({100 * ms / total:.0f}%)" for ms in row["kinds"].values())
+            + " |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--precision", default="bf16", choices=["fp32", "bf16"])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile (minutes each)")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0: torch's default")
+    parser.add_argument("--out", help="write the Markdown report here")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    roofline = measure_roofline(args.precision, "cpu")
+    rows = [measure(name, args.size, args.precision, args.repeats, args.compile) for name in args.models]
+    text = report(rows, args.size, args.precision, roofline, torch.get_num_threads())
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text)
+
+
+if __name__ == "__main__":
+    main()
