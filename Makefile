@@ -29,15 +29,18 @@ test: $(VENV)/.installed-test chromium
 docs: $(VENV)/.installed
 	$(BIN)/python docs/make_figures.py
 
-# On this machine's CPU with 2 threads: docs/fast_path.md (GPViT-L1 at 512²: precision x layout),
-# docs/compile.md (torch.compile), docs/benchmarks.md (every model, 256² to 2048², a 20 s budget per
-# call) and docs/fidelity.md (bf16 against fp32 on the three demo models; trains them once if absent).
+# On this machine's CPU with 2 threads: docs/fast_path.md (every family at 512² in bf16 side by side:
+# forward, mmseg's labels, the Predictor, torch.compile, the roofline, the profile), its fp32 twin,
+# docs/scaling.md (GPViT-L1 from 512² to 2048² against plain eager), docs/benchmarks.md (every model,
+# 256² to 2048², a 20 s budget per call) and docs/fidelity.md (bf16 against fp32 on the three demo
+# models; trains them once if absent).
 BENCH := $(BIN)/workbench bench --out docs/ --threads 2
 bench: $(VENV)/.installed
-	$(BENCH) --name fast_path --title "Fast path: GPViT-L1 at 512²" --models gpvit_l1 gpvit_l1_upernet \
-		--modes inference --sizes 512 --precisions fp32 bf16 --layouts contiguous channels_last --repeats 3
-	$(BENCH) --name compile --title "torch.compile: GPViT-L1 backbone at 512²" --models gpvit_l1 \
-		--modes inference --sizes 512 --precisions fp32 bf16 --compile --repeats 3
+	$(BIN)/python benchmarks/fast_path.py --threads 2 --compile --out docs/fast_path.md
+	$(BIN)/python benchmarks/fast_path.py --threads 2 --precision fp32 --out docs/fast_path_fp32.md
+	$(BENCH) --name scaling --title "Scaling: GPViT-L1 from 512² to 2048²" --models gpvit_l1 gpvit_l1_upernet \
+		--modes inference --sizes 512 1024 2048 --precisions fp32 bf16 --layouts channels_last \
+		--baseline eager --roofline --repeats 1
 	$(BENCH) --sizes 256 512 1024 2048 --precisions fp32 bf16 --repeats 1 --time-budget-s 20
 	$(BIN)/python benchmarks/fidelity.py --threads 2 --out docs/fidelity.md demo_gpvit demo_setr demo_hlg
 

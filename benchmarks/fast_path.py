@@ -9,6 +9,9 @@ Per model, in one process, on fixed random weights and a random 512x512 photo:
   ``simple_test`` (and the papers' code built on it) turns logits into labels.
 - ``Predictor``: ``Predictor(model, precision=...)(photo)`` end to end, preprocessing included.
 - ``compiled``: ``torch.compile`` (inductor) of the forward: its first call (the compile) and median.
+With ``--official``, the released GPViT code (ChenhongyiYang/GPViT, built through
+``benchmarks/official``: its mmseg backbone and UPerNet, our weights converted into it) joins the
+table as "(official code)" rows, timed the same way (its forward is mmseg's ``encode_decode``).
 Medians of ``--repeats`` calls, the cases of a model interleaved so drift hits them alike. GFLOP/s are
 2 x GMACs (``workbench.models.complexity``) per second, against the roofline measured here
 (``workbench.engine.roofline``). The profile splits one eager forward's operator time by kind.
@@ -17,6 +20,8 @@ Medians of ``--repeats`` calls, the cases of a model interleaved so drift hits t
 from __future__ import annotations
 
 import argparse
+import functools
+import importlib.util
 import statistics
 import time
 from collections.abc import Callable
@@ -25,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import timm
 import torch
+from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
 from workbench import Predictor
@@ -33,20 +39,23 @@ from workbench.models import create_segmentor
 from workbench.models.complexity import count_gmacs
 from workbench.precision import autocast, resolve_precision
 
-MODELS = {  # name -> (build at a size, is a segmentor)
-    "gpvit_l1_upernet": (lambda size: create_segmentor("gpvit_l1_upernet", num_classes=150), True),
-    "gpvit_l1": (lambda size: timm.create_model("gpvit_l1", num_classes=0), False),
+MODELS = {  # name -> (build at a size, gives logits (segmentor), takes the Predictor)
+    "gpvit_l1_upernet": (lambda size: create_segmentor("gpvit_l1_upernet", num_classes=150), True, True),
+    "gpvit_l1": (lambda size: timm.create_model("gpvit_l1", num_classes=0), False, False),
     "setr_pup_vit_base": (
         lambda size: create_segmentor("setr_pup_vit_base", num_classes=150, img_size=size),
+        True,
         True,
     ),
     "setr_pup_vit_large": (
         lambda size: create_segmentor("setr_pup_vit_large", num_classes=150, img_size=size),
         True,
+        True,
     ),
-    "setr_hlg_small": (lambda size: create_segmentor("setr_hlg_small", num_classes=150), True),
+    "setr_hlg_small": (lambda size: create_segmentor("setr_hlg_small", num_classes=150), True, True),
     "vit_base_patch16_384": (
         lambda size: timm.create_model("vit_base_patch16_384", num_classes=0, dynamic_img_size=True),
+        False,
         False,
     ),
 }
@@ -69,6 +78,51 @@ def median_ms(function: Callable[[], object], repeats: int) -> float:
     return statistics.median(times) * 1000
 
 
+def official(name: str) -> Callable[[int], nn.Module]:
+    """A builder of the released GPViT code's ``name`` ("upernet" or "backbone", its four maps at
+    layers 2, 5, 8, 11) holding our same-seed model's weights (``to_official``)."""
+
+    def build(size: int) -> nn.Module:
+        from workbench.interop.gpvit import to_official
+
+        released = _load_file(Path(__file__).parent / "official" / "gpvit.py")
+        build_official_gpvit_l1, build_official_upernet_l1 = (
+            released.build_official_gpvit_l1,
+            released.build_official_upernet_l1,
+        )
+
+        torch.manual_seed(0)
+        if name == "upernet":
+            ours = create_segmentor("gpvit_l1_upernet", num_classes=150)
+            theirs = build_official_upernet_l1(num_classes=150)
+        else:
+            ours = timm.create_model("gpvit_l1", num_classes=0, global_pool="", out_indices=(2, 5, 8, 11))
+            theirs = build_official_gpvit_l1()
+        state = to_official(ours.state_dict())
+        if name != "upernet":
+            state = {key.removeprefix("backbone."): value for key, value in state.items()}
+        theirs.load_state_dict(state, strict=True)
+        theirs.eval()  # the official backbone's train() returns None: not chained
+        return theirs
+
+    return build
+
+
+@functools.cache
+def _load_file(path: Path):
+    """The module of a Python file by its path (the benchmarks folder is not a package)."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+OFFICIAL = {
+    "gpvit_l1_upernet (official code)": (official("upernet"), True, False),
+    "gpvit_l1 (official code)": (official("backbone"), False, False),
+}
+
+
 def mmseg_labels(model: torch.nn.Module, images: torch.Tensor) -> np.ndarray:
     """Logits at the input size, their softmax and arg-max, as mmseg's ``simple_test`` does."""
     return model(images).float().softmax(1).argmax(1).cpu().numpy()
@@ -88,21 +142,23 @@ def profile_kinds(forward: Callable[[], object]) -> dict[str, float]:
 
 
 def measure(name: str, size: int, precision: str, repeats: int, compile_model: bool) -> dict:
-    build, segmentor = MODELS[name]
+    build, segmentor, takes_predictor = {**MODELS, **OFFICIAL}[name]
     torch.manual_seed(0)
-    model = build(size).eval()
+    model = build(size)
+    model.eval()  # not chained: the released backbone's train() returns None
     chosen = resolve_precision(precision, "cpu")
     images = torch.randn(1, 3, size, size)
     photo = np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8)
-    forward = model if segmentor else model.forward_features
+    forward = model if segmentor or name in OFFICIAL else model.forward_features
     cases: dict[str, Callable[[], object]] = {"forward": lambda: forward(images)}
     if segmentor:
         cases["mmseg labels"] = lambda: mmseg_labels(model, images)
+    if takes_predictor:
         predictor = Predictor(model, precision=precision, compile="no")
         cases["Predictor"] = lambda: predictor(photo)
-    row: dict = {"model": name, "gmacs": count_gmacs(build(size), size)}
+    row: dict = {"model": name, "gmacs": count_gmacs(model, size)}
     with torch.no_grad(), autocast(chosen, "cpu"):
-        if compile_model:
+        if compile_model and name not in OFFICIAL:  # the released code runs as released: eager
             compiled = torch.compile(forward)
             start = time.perf_counter()
             compiled(images)
@@ -169,13 +225,19 @@ def main() -> None:
     parser.add_argument("--precision", default="bf16", choices=["fp32", "bf16"])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--compile", action="store_true", help="also time torch.compile (minutes each)")
+    parser.add_argument(
+        "--official",
+        action="store_true",
+        help="add the released GPViT code's rows (needs its checkout: benchmarks/official/README.md)",
+    )
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0: torch's default")
     parser.add_argument("--out", help="write the Markdown report here")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     roofline = measure_roofline(args.precision, "cpu")
-    rows = [measure(name, args.size, args.precision, args.repeats, args.compile) for name in args.models]
+    names = [*args.models, *(OFFICIAL if args.official else ())]
+    rows = [measure(name, args.size, args.precision, args.repeats, args.compile) for name in names]
     text = report(rows, args.size, args.precision, roofline, torch.get_num_threads())
     print(text)
     if args.out:

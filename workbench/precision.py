@@ -22,9 +22,8 @@ Predictor's default): GPViT-L1 UperNet at 512² on 2 cores ran faster with it in
 figures in ``docs/benchmarks.md``). Training keeps the default layout: a resumed optimizer state is
 stored contiguous, and fused optimizers expect each state tensor laid out as its parameter.
 
-``torch.compile`` is measured, not applied: ``workbench bench --compile`` times compiled models with
-their compile cost (``first call``); the engine and the Predictor run eager, as a compile costs tens
-of seconds on a CPU and again at every new input size, longer than an app or notebook session gains.
+``torch.compile`` is the other half of the inference fast path, with its own setting
+(``workbench.fast_path``: "auto" compiles on CUDA and runs eager on a CPU, where it measured no faster).
 """
 
 from __future__ import annotations

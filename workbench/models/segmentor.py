@@ -133,7 +133,7 @@ class Segmentor(nn.Module):
     def forward(self, images: torch.Tensor, resize_logits: bool = True) -> torch.Tensor:
         """Logits (B, num_classes, H, W) at the resolution of ``images`` (B, in_chans, H, W).
         ``resize_logits=False`` gives the decode head's logits at its own resolution (GPViT 1/8, HLG
-        and SETR-MLA 1/4, SETR-Naive 1/16, SETR-PUP 1/1), before the bilinear resize to the input:
+        and SETR-MLA 1/4, SETR-PUP 1/2, SETR-Naive 1/16), before the bilinear resize to the input:
         what the Predictor takes its labels from without the K x H x W resize."""
         features = self.extract_features(images)
         logits = self.decode_head(_take(features, self.decode_in))

@@ -1,0 +1,1 @@
+"""mmcv.cnn.utils shims (weight initialisers)."""

@@ -1,0 +1,1 @@
+"""mmseg.models shim: no eager imports."""
