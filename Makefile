@@ -33,11 +33,13 @@ docs: $(VENV)/.installed
 # forward, mmseg's labels, the Predictor, torch.compile, the roofline, the profile), its fp32 twin,
 # docs/scaling.md (GPViT-L1 from 512² to 2048² against plain eager), docs/benchmarks.md (every model,
 # 256² to 2048², a 20 s budget per call) and docs/fidelity.md (bf16 against fp32 on the three demo
-# models; trains them once if absent).
+# models; trains them once if absent). With GPVIT_REPO=<a checkout of ChenhongyiYang/GPViT>, the
+# released GPViT code joins the fast-path tables (benchmarks/official).
 BENCH := $(BIN)/workbench bench --out docs/ --threads 2
+OFFICIAL := $(if $(GPVIT_REPO),--official)
 bench: $(VENV)/.installed
-	$(BIN)/python benchmarks/fast_path.py --threads 2 --compile --out docs/fast_path.md
-	$(BIN)/python benchmarks/fast_path.py --threads 2 --precision fp32 --out docs/fast_path_fp32.md
+	$(BIN)/python benchmarks/fast_path.py --threads 2 --compile $(OFFICIAL) --out docs/fast_path.md
+	$(BIN)/python benchmarks/fast_path.py --threads 2 --precision fp32 $(OFFICIAL) --out docs/fast_path_fp32.md
 	$(BENCH) --name scaling --title "Scaling: GPViT-L1 from 512² to 2048²" --models gpvit_l1 gpvit_l1_upernet \
 		--modes inference --sizes 512 1024 2048 --precisions fp32 bf16 --layouts channels_last \
 		--baseline eager --roofline --repeats 1

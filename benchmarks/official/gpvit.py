@@ -32,7 +32,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-DEFAULT_REPO = "/work/.mirror/ChenhongyiYang+GPViT/repo"
 SHIMS = Path(__file__).resolve().parent / "shims"
 _SEG = "downstream/mmsegmentation/"
 
@@ -97,8 +96,14 @@ _tree_repo: str | None = None
 
 
 def resolve_repo(repo: str | os.PathLike | None = None) -> Path:
-    """``repo``, else $GPVIT_REPO, else the default mirror."""
-    return Path(repo or os.environ.get("GPVIT_REPO") or DEFAULT_REPO)
+    """``repo``, else $GPVIT_REPO; neither: refused in one line saying what to give."""
+    chosen = repo or os.environ.get("GPVIT_REPO")
+    if not chosen:
+        raise FileNotFoundError(
+            "the official GPViT code is read from a checkout (or bare clone) of "
+            "https://github.com/ChenhongyiYang/GPViT: set GPVIT_REPO or pass --repo"
+        )
+    return Path(chosen)
 
 
 def read_official(repo: Path, path: str, rev: str = "HEAD") -> str:
@@ -274,9 +279,7 @@ def check_upernet(repo=None, size: int = 64) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--repo", help=f"GPViT checkout or bare clone (default: $GPVIT_REPO or {DEFAULT_REPO})"
-    )
+    parser.add_argument("--repo", help="GPViT checkout or bare clone (default: $GPVIT_REPO)")
     parser.add_argument("--size", type=int, default=64, help="square input size of the check (default 64)")
     parser.add_argument("--backbone-only", action="store_true", help="skip the UPerNet check")
     args = parser.parse_args()
