@@ -11,10 +11,10 @@ further, or loaded with other weights, predicts with its current weights. Compil
 inductor's cache (``TORCHINDUCTOR_CACHE_DIR``), which later processes reuse.
 
 "auto" compiles on a CUDA GPU (inductor's fused kernels) and runs eager on a CPU: measured on 2 cores at
-512² in bf16 (``docs/fast_path.md``), the compiled forward is 1.0-1.1x eager for GPViT-L1 UperNet and
-SETR-PUP, whose time is in oneDNN's convolutions and matmuls at 85-90% of the machine's roofline, and
-its first call costs 25 s to 3 min (a cached process still ~50 s of tracing); ask for "yes" where a
-long-lived process runs many images of one size (SETR-HLG's memory-bound window work gains most).
+512² in bf16 (``docs/fast_path.md``), the compiled forward is 0.85-1.07x eager across GPViT, SETR,
+SETR-HLG and timm's ViT-B, whose time is 80-94% in oneDNN's convolutions and matmuls and PyTorch's
+flash attention, which inductor calls unchanged; its first call costs 25 s to 3 min (3-20 s in a later
+process, from inductor's cache). Ask for "yes" to use it anyway (a long-lived process, one image size).
 Explain sessions always run eager: their probes read q and k inside the attention modules.
 """
 
@@ -59,8 +59,8 @@ def resolve_compile(choice: str | bool, device: torch.device | str) -> Compile:
         return Compile(True, "auto: a CUDA GPU, inductor's fused kernels")
     return Compile(
         False,
-        "auto: eager on a CPU, where compiling measured 1.0-1.1x for GPViT and SETR at 512² for 25 s "
-        "to minutes of compile (docs/fast_path.md); compile='yes' to use it",
+        "auto: eager on a CPU, where the compiled forward measured 0.85-1.07x eager at 512² for 25 s to "
+        "3 min of compile (docs/fast_path.md); compile='yes' to use it",
     )
 
 

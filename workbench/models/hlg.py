@@ -125,22 +125,24 @@ class DynamicPositionBias(nn.Module):
         key_bounds: tuple[int, int],
         unit: int = 1,
         dtype: torch.dtype | None = None,
+        positions: tuple | None = None,
     ) -> torch.Tensor:
         """Bias (heads, Nq, Nk) from every token of ``query_grid`` to every key of the product grid
         ``key_rows`` x ``key_cols`` (integer positions below ``key_bounds``), offsets divided by ``unit``,
         in ``dtype`` (None: the MLP's).
 
-        The bias depends on the grid and the weights only, not on the image: where no gradient is
-        recorded (and no compiler traces) it is kept (the last ``BIASES_KEPT``, each up to
-        ``BIAS_CACHE_BYTES``) and given again while the grid,
-        the dtype and the weights (their storage and version counters) are the same: the same tensor,
-        so the same outputs, without the table gather each forward (HLG-S at 512²: ~0.3 s of ~3.5).
+        The bias depends on the grid and the weights only, not on the image. Given ``positions`` (a
+        hashable that determines ``key_rows`` and ``key_cols``), where no gradient is recorded and no
+        compiler traces, it is kept (the last ``BIASES_KEPT``, each up to ``BIAS_CACHE_BYTES``) and
+        given again while the positions, grid, dtype, device and weights (their identity, storage and
+        version counters) are the same: the same tensor, so the same outputs, without the table gather each
+        forward (HLG-S at 512²: ~0.3 s of ~3.5).
         """
         key = None
         tracing = torch.compiler.is_compiling() or torch.compiler.is_exporting()
-        if not torch.is_grad_enabled() and not tracing:
-            key = (query_grid, tuple(key_rows.tolist()), tuple(key_cols.tolist()), key_bounds, unit, dtype)
-            key += tuple((p.data_ptr(), p._version) for p in self.parameters())
+        if positions is not None and not torch.is_grad_enabled() and not tracing:
+            key = (positions, query_grid, key_bounds, unit, dtype, key_rows.device)
+            key += tuple((id(p), p.data_ptr(), p._version) for p in self.parameters())
             if key in self._kept:
                 return self._kept[key]
         bias = self._bias(query_grid, key_rows, key_cols, key_bounds, unit)
@@ -246,14 +248,16 @@ def _local_bias(
     """(heads, L, L) bias between the positions inside a group (group-grid units)."""
     rows, cols = groups.size
     positions = torch.arange(rows, device=device), torch.arange(cols, device=device)
-    return position_bias.bias(groups.size, *positions, groups.size, dtype=dtype)
+    return position_bias.bias(groups.size, *positions, groups.size, dtype=dtype, positions=("local",))
 
 
 def _global_bias(
     position_bias: DynamicPositionBias, groups: Groups, device: torch.device, dtype: torch.dtype | None = None
 ) -> torch.Tensor:
     """(heads, H*W, groups) bias from every token to every group's centroid, in windows (D17)."""
-    return position_bias.bias(groups.grid, *groups.centroids(device), groups.padded, WINDOW, dtype=dtype)
+    return position_bias.bias(
+        groups.grid, *groups.centroids(device), groups.padded, WINDOW, dtype=dtype, positions=groups
+    )
 
 
 def _biased_attention(
@@ -323,7 +327,7 @@ class GlobalAttention(nn.Module, Probed):
         """Token-to-group bias (D17), or token-to-token on ``grid`` when ``groups`` is None."""
         if groups is None:
             rows, cols = torch.arange(grid[0], device=device), torch.arange(grid[1], device=device)
-            return self.position_bias.bias(grid, rows, cols, grid, dtype=dtype)
+            return self.position_bias.bias(grid, rows, cols, grid, dtype=dtype, positions=("grid",))
         return _global_bias(self.position_bias, groups, device, dtype)
 
     def forward(self, q, k, v, grid: tuple[int, int], groups: Groups | None) -> torch.Tensor:
