@@ -40,9 +40,9 @@ OFFICIAL := $(if $(GPVIT_REPO),--official)
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/fast_path.py --threads 2 --compile $(OFFICIAL) --out docs/fast_path.md
 	$(BIN)/python benchmarks/fast_path.py --threads 2 --precision fp32 $(OFFICIAL) --out docs/fast_path_fp32.md
-	$(BENCH) --name scaling --title "Scaling: GPViT-L1 from 512² to 2048²" --models gpvit_l1 gpvit_l1_upernet \
+	$(BENCH) --name scaling --title "Scaling: GPViT-L1 from 512² to 2048²" --models gpvit_l1 \
 		--modes inference --sizes 512 1024 2048 --precisions fp32 bf16 --layouts channels_last \
-		--baseline eager --roofline --repeats 1
+		--baseline eager --repeats 1
 	$(BENCH) --sizes 256 512 1024 2048 --precisions fp32 bf16 --repeats 1 --time-budget-s 20
 	$(BIN)/python benchmarks/fidelity.py --threads 2 --out docs/fidelity.md demo_gpvit demo_setr demo_hlg
 
