@@ -10,7 +10,8 @@ import workbench
 from workbench.models import hlg, model_info
 from workbench.models.complexity import build_on_meta, count_gmacs, count_params
 from workbench.models.explain import EXPLICIT_ATOL, EXPLICIT_RTOL
-from workbench.models.hlg import GlobalLayer, Groups, HLGLayer, _grid_coords
+from workbench.models.hlg import GlobalLayer, Groups, HLGLayer
+from workbench.models.position_bias import DynamicPositionBias, _grid_coords
 from workbench.viz import record
 
 from .tiny import tiny_hlg, tiny_setr_hlg
@@ -86,7 +87,7 @@ def test_groups_split_and_merge(grid, dilated):
 @pytest.mark.parametrize("dilated", [False, True])
 def test_global_bias_is_the_offset_to_each_window_centroid_in_window_units(dilated):
     """D17: token t's bias for window w is DPB((t - c_w) / 7), c_w the window's mean token position."""
-    position_bias = hlg.DynamicPositionBias(4, 2)
+    position_bias = DynamicPositionBias(4, 2)
     groups = Groups.for_grid((14, 21), dilated)
     rows, cols = groups.count
     tokens = _grid_coords(14, 21, "cpu")
@@ -97,7 +98,7 @@ def test_global_bias_is_the_offset_to_each_window_centroid_in_window_units(dilat
 
 
 def test_position_bias_table_equals_direct_evaluation():
-    bias = hlg.DynamicPositionBias(4, 3)
+    bias = DynamicPositionBias(4, 3)
     key_rows, key_cols = torch.tensor([3, 10]), torch.tensor([3, 10, 17])
     table = bias.bias((5, 6), key_rows, key_cols, (14, 21), unit=7)
     queries = _grid_coords(5, 6, "cpu")
@@ -214,9 +215,9 @@ def test_inference_keeps_the_position_bias_and_recomputes_it_when_the_weights_ch
     torch.manual_seed(0)
     model = tiny_setr_hlg().eval()
     computed = []
-    original = hlg.DynamicPositionBias._bias
+    original = DynamicPositionBias._bias
     monkeypatch.setattr(
-        hlg.DynamicPositionBias,
+        DynamicPositionBias,
         "_bias",
         lambda self, *args: computed.append(args[0]) or original(self, *args),
     )
@@ -228,7 +229,7 @@ def test_inference_keeps_the_position_bias_and_recomputes_it_when_the_weights_ch
         model(torch.randn(1, 3, 96, 64))  # another grid: its global biases (7x7 local ones are shared)
         after_grid = len(computed)
         assert per_forward < after_grid < 2 * per_forward
-        module = next(m for m in model.modules() if isinstance(m, hlg.DynamicPositionBias))
+        module = next(m for m in model.modules() if isinstance(m, DynamicPositionBias))
         module.pos3[-1].bias.add_(1.0)  # in place: its version counter moves
         changed = model(images)
     assert 1 <= len(computed) - after_grid < per_forward  # the changed module's bias only
