@@ -145,8 +145,9 @@ class Predictor(SessionQueries):
         transform: the evaluation preprocessing (default: no resize, the model's mean/std).
         device: None (the model's own), "cpu", "cuda" or "cuda:N" (refused without a GPU).
         precision: "fp32" (the default: reproducible to the last bit), "auto" (bf16 on a CUDA GPU
-            or a CPU with native bf16, else fp32: the app's and the CLI's default), "bf16" or "fp16" (``workbench.precision``; ``self.precision.reason`` says what auto chose).
-            Probabilities and explain queries are computed in fp32 whatever the forward ran in.
+            or a CPU with native bf16, else fp32: the app's default), "bf16" or "fp16"
+            (``workbench.precision``; ``self.precision.reason`` says what auto chose). Probabilities
+            and explain queries are computed in fp32 whatever the forward ran in.
         compile: "auto" (the default: compiled on a CUDA GPU, eager on a CPU), "yes" or "no"
             (``workbench.fast_path``; ``self.compile.reason`` says why). Predictions only: explain
             sessions run eager. ``self.fast_path`` says, in one line, how predictions run.
@@ -233,12 +234,12 @@ class Predictor(SessionQueries):
         with autocast(self.precision, self.device):
             head, padded = decode_padded(self.model, tensor, None if explain else self._forward)
         head = head[0]
+        aligned = getattr(self.model, "align_corners", False)  # argmax_resized resizes as False does
 
         def logits() -> torch.Tensor:  # (K, h, w) as the forward gives them, in fp32
-            aligned = getattr(self.model, "align_corners", False)
             return resize(head[None].float(), padded, aligned)[0, :, :height, :width]
 
-        if (height, width) != tuple(array.shape[:2]) or getattr(self.model, "align_corners", False):
+        if (height, width) != tuple(array.shape[:2]) or aligned:
             return self._prediction(array, logits()[None].softmax(1))
         labels = argmax_resized(head, padded)[:height, :width]
         return Prediction(labels.cpu().numpy(), None, self.classes, logits=lambda: logits().cpu())
@@ -270,14 +271,14 @@ class Predictor(SessionQueries):
         keeps no probabilities (K x h x w floats, 210 MB for 150 classes at 512x683): what a server
         keeping many sessions wants when it shows labels only."""
         array, tensor = self.preprocess(image)
-        view = View(tuple(tensor.shape[-2:]))
+        view, single = View(tuple(tensor.shape[-2:])), self._single_view()
         with capture(self.model) as cached:  # one view: the labels are this forward's
-            if self._single_view():
+            if single:
                 prediction = self._from_view(array, tensor, explain=True)
             else:
                 with autocast(self.precision, self.device):
                     decode_padded(self.model, tensor)
-        if not self._single_view():  # the recipe's full inference gives the labels
+        if not single:  # the recipe's full inference gives the labels
             prediction = self._predict(array, tensor)
         if not probs:
             prediction.probs = None
